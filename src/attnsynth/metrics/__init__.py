@@ -1,0 +1,1 @@
+"""Image metrics: PSNR/SSIM, FID/KID with pluggable features, mIoU."""
