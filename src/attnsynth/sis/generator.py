@@ -1,0 +1,221 @@
+"""CA²-SIS cross-attention generator: shape tokens (queries' origin) × style tokens (keys/values) → image.
+
+The C' shape tokens are reshaped to C' maps on the first grid (16×16 faithful), mixed by a conv1×1,
+then each stage is ``ResBlock`` (upsampling from stage 1 on) → ``SpatialTransformer``. In every
+transformer the pixels attend to the C style tokens (softmax over classes, never masked); the
+head-averaged **pre-softmax** logits can be returned per layer for the attention loss.
+
+Efficiency choices (same parameters and maths as the paper's code):
+
+* self-attention runs through `F.scaled_dot_product_attention` (memory-efficient kernels; the
+  N×N maps are never materialised); ``attention_impl="naive"`` computes them explicitly (reference);
+* cross-attention logits are computed explicitly — they are only [B, heads, N, C];
+* q/k/v and the GEGLU projections are single fused matmuls; the tokens ↔ maps reshapes are views
+  when activations are channels-last;
+* optional gradient checkpointing per sub-layer (norm+proj-in, self-attn, cross-attn, FF in token
+  chunks, proj-out, ResBlock), so the peak holds one sub-layer's activations at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+FF_CHUNK_TOKENS = 4096  # feed-forward token chunk under gradient checkpointing (bounds the peak)
+
+
+def group_norm(channels: int, groups: int, *, eps: float = 1e-6) -> nn.GroupNorm:
+    """GroupNorm with min(groups, channels) groups."""
+    return nn.GroupNorm(min(groups, channels), channels, eps=eps)
+
+
+def _zero_(module: nn.Module) -> nn.Module:
+    for parameter in module.parameters():
+        nn.init.zeros_(parameter)
+    return module
+
+
+class _Checkpointable(nn.Module):
+    """Mixin: `self._run(fn, *args)` recomputes `fn` in backward when checkpointing is on."""
+
+    gradient_checkpointing: bool = False
+
+    def _run(self, fn: Callable, *args: torch.Tensor):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+
+class ResBlock(_Checkpointable):
+    """GroupNorm → SiLU → [nearest ×2] → conv3×3 → GroupNorm → SiLU → zero-init conv3×3, plus skip."""
+
+    def __init__(self, *, in_channels: int, out_channels: int, upsample: bool = False, norm_groups: int = 32) -> None:
+        super().__init__()
+        self.upsample = upsample
+        self.norm1 = group_norm(in_channels, norm_groups)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = group_norm(out_channels, norm_groups)
+        self.conv2 = _zero_(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.norm1(x))
+        if self.upsample:
+            h = F.interpolate(h, scale_factor=2.0, mode="nearest")
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        h = self.conv2(F.silu(self.norm2(self.conv1(h))))
+        return self.skip(x) + h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, in, h, w] → [B, out, h, w] (×2 when upsampling)."""
+        return self._run(self._forward, x)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the N pixels of a map (fused qkv projection)."""
+
+    def __init__(self, *, dim: int, heads: int, head_dim: int, impl: str = "sdpa") -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.impl = heads, head_dim, impl
+        self.to_qkv = nn.Linear(dim, 3 * heads * head_dim, bias=False)
+        self.to_out = nn.Linear(heads * head_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, N, dim] → [B, N, dim]."""
+        batch, tokens, _ = x.shape
+        qkv = self.to_qkv(x).view(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each [B, heads, N, d]
+        if self.impl == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:  # explicit N×N maps: the reference the paper's code computes
+            weights = (q @ k.transpose(-1, -2) * self.head_dim ** -0.5).softmax(dim=-1)  # [B, heads, N, N]
+            out = weights @ v
+        return self.to_out(out.transpose(1, 2).reshape(batch, tokens, -1))
+
+
+class CrossAttention(nn.Module):
+    """Pixels (queries) attend to the C style tokens (keys, values); softmax over the C classes."""
+
+    def __init__(self, *, dim: int, context_dim: int, heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.to_q = nn.Linear(dim, heads * head_dim, bias=False)
+        self.to_kv = nn.Linear(context_dim, 2 * heads * head_dim, bias=False)
+        self.to_out = nn.Linear(heads * head_dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, N, dim], context [B, C, D_style] → (out [B, N, dim], head-mean pre-softmax logits [B, N, C])."""
+        batch, tokens, _ = x.shape
+        q = self.to_q(x).view(batch, tokens, self.heads, self.head_dim).transpose(1, 2)  # [B, h, N, d]
+        k, v = self.to_kv(context).view(batch, -1, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        logits = (q * self.head_dim ** -0.5) @ k.transpose(-1, -2)  # [B, h, N, C]
+        out = logits.softmax(dim=-1) @ v  # [B, h, N, d]
+        out = self.to_out(out.transpose(1, 2).reshape(batch, tokens, -1))
+        return out, logits.mean(dim=1)
+
+
+class FeedForward(nn.Module):
+    """GEGLU feed-forward: Linear(dim → 2·mult·dim) → a · GELU(gate) → Linear(mult·dim → dim)."""
+
+    def __init__(self, *, dim: int, mult: int = 4) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, 2 * mult * dim)
+        self.out = nn.Linear(mult * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return self.out(value * F.gelu(gate))
+
+
+class SpatialTransformer(_Checkpointable):
+    """GroupNorm → proj-in → [LN → self-attn] → LN → cross-attn → LN → GEGLU FF → zero-init proj-out, + x."""
+
+    def __init__(self, *, channels: int, context_dim: int, heads: int, head_dim: int, self_attention: bool = True,
+                 ff_mult: int = 4, norm_groups: int = 32, attention_impl: str = "sdpa") -> None:
+        super().__init__()
+        inner = heads * head_dim
+        self.norm = group_norm(channels, norm_groups)
+        self.proj_in = nn.Linear(channels, inner)
+        if self_attention:
+            self.norm1 = nn.LayerNorm(inner)
+            self.attn1 = SelfAttention(dim=inner, heads=heads, head_dim=head_dim, impl=attention_impl)
+        else:
+            self.norm1 = self.attn1 = None
+        self.norm2 = nn.LayerNorm(inner)
+        self.attn2 = CrossAttention(dim=inner, context_dim=context_dim, heads=heads, head_dim=head_dim)
+        self.norm3 = nn.LayerNorm(inner)
+        self.ff = FeedForward(dim=inner, mult=ff_mult)
+        self.proj_out = _zero_(nn.Linear(inner, channels))
+
+    def _enter(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        h = self.norm(x).permute(0, 2, 3, 1).reshape(batch, height * width, channels)  # view if channels-last
+        return self.proj_in(h)  # [B, N, inner]
+
+    def _self(self, h: torch.Tensor) -> torch.Tensor:
+        return self.attn1(self.norm1(h))
+
+    def _cross(self, h: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.attn2(self.norm2(h), context)
+
+    def _ff(self, h: torch.Tensor) -> torch.Tensor:
+        return self.ff(self.norm3(h))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, c, h, w], context [B, C, D_style] → (x' [B, c, h, w], logits [B, C, h, w])."""
+        batch, channels, height, width = x.shape
+        h = self._run(self._enter, x)
+        if self.attn1 is not None:
+            h = h + self._run(self._self, h)
+        out, logits = self._run(self._cross, h, context)
+        h = h + out
+        if self.gradient_checkpointing and torch.is_grad_enabled() and h.shape[1] > FF_CHUNK_TOKENS:
+            h = h + torch.cat([self._run(self._ff, part) for part in h.split(FF_CHUNK_TOKENS, dim=1)], dim=1)
+        else:
+            h = h + self._ff(h)
+        h = self._run(self.proj_out, h).view(batch, height, width, channels).permute(0, 3, 1, 2)
+        logits = logits.transpose(1, 2).reshape(batch, -1, height, width)  # [B, C, h, w]
+        return x + h, logits
+
+
+class CA2SISGenerator(nn.Module):
+    """Decoder: `forward(shape [B, C', D_shape], style [B, C, D_style]) -> (image [B, 3, H, W], logits per layer)`."""
+
+    def __init__(self, *, num_shape_tokens: int, start_size: tuple[int, int], style_dim: int, base_channels: int = 512,
+                 stage_channels: tuple[int, ...] = (256, 128, 64, 32, 32), stage_heads: tuple[int, ...] = (8, 8, 8, 8, 4),
+                 stage_head_dim: tuple[int, ...] = (64, 64, 64, 64, 32),
+                 self_attention: tuple[bool, ...] = (True, True, True, False, False), ff_mult: int = 4,
+                 norm_groups: int = 32, attention_impl: str = "sdpa", gradient_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.start_size = tuple(start_size)
+        self.conv_in = nn.Conv2d(num_shape_tokens, base_channels, 1)
+        self.resblocks, self.transformers = nn.ModuleList(), nn.ModuleList()
+        channels = base_channels
+        for i, out_channels in enumerate(stage_channels):
+            self.resblocks.append(ResBlock(in_channels=channels, out_channels=out_channels, upsample=i > 0, norm_groups=norm_groups))
+            self.transformers.append(SpatialTransformer(
+                channels=out_channels, context_dim=style_dim, heads=stage_heads[i], head_dim=stage_head_dim[i],
+                self_attention=self_attention[i], ff_mult=ff_mult, norm_groups=norm_groups, attention_impl=attention_impl))
+            channels = out_channels
+        self.conv_out = nn.Conv2d(channels, 3, 1)
+        self.set_gradient_checkpointing(gradient_checkpointing)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Turn per-sub-layer activation recomputation on or off."""
+        for module in self.modules():
+            if isinstance(module, _Checkpointable):
+                module.gradient_checkpointing = bool(enabled)
+
+    def forward(self, shape: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """shape [B, C', h0·w0], style [B, C, D_style] → (image [B, 3, H, W] in [-1, 1], [logits [B, C, h_l, w_l]])."""
+        x = shape.reshape(shape.shape[0], shape.shape[1], *self.start_size)
+        x = self.conv_in(x.contiguous(memory_format=torch.channels_last))
+        logits = []
+        for resblock, transformer in zip(self.resblocks, self.transformers):
+            x, layer_logits = transformer(resblock(x), style)
+            logits.append(layer_logits)
+        return torch.tanh(self.conv_out(x)), logits
