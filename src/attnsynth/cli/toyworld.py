@@ -47,3 +47,43 @@ def shapes_command(
     _check_counts(n, resolution)
     shapes.export(out, n=n, resolution=resolution, seed=seed, overwrite=overwrite, progress=True)
     typer.echo(f"wrote {n} shapes scenes at {resolution}² to {out}")
+
+
+@app.command("train-t2i")
+def train_t2i_command(
+    out: Path = typer.Option(..., "--out", help="Run directory (checkpoints, samples, log.jsonl)."),
+    resolution: int = typer.Option(64, "--resolution", help="Image side in pixels (latents are side/4)."),
+    steps: int = typer.Option(6000, "--steps", help="UNet + text-encoder steps (the total; resuming continues up to it)."),
+    vae_steps: int = typer.Option(800, "--vae-steps", help="Autoencoder steps (stage vae)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="UNet batch per process."),
+    vae_batch_size: int = typer.Option(16, "--vae-batch-size", help="Autoencoder batch per process."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak UNet/text-encoder learning rate."),
+    warmup_steps: int = typer.Option(200, "--warmup-steps", help="Linear warm-up steps."),
+    lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="After warm-up: cosine or constant."),
+    stage: str = typer.Option("all", "--stage", help="vae, unet, or all (vae then unet)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoints, exactly."),
+    init_from: Path = typer.Option(None, "--init-from", help="Warm start (weights only) from a pipeline directory, e.g. the shipped one."),
+    export_to: Path = typer.Option(None, "--export-to", help="After training, save the EMA pipeline here (fp16 diffusers directory)."),
+    checkpoint_every: float = typer.Option(300.0, "--checkpoint-every", help="Seconds between checkpoints."),
+    sample_every: int = typer.Option(500, "--sample-every", help="Steps between sample grids + oracle scores (0: never)."),
+    seed: int = typer.Option(0, "--seed", help="Run seed (initialisation, noise, caption dropout)."),
+    threads: int = typer.Option(2, "--threads", help="torch CPU threads."),
+    device: str = typer.Option(None, "--device", help="'cpu' to force the CPU; default: what Accelerate picks."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+) -> None:
+    """Train the shapes-world text-to-image model from scratch (`accelerate launch` for several GPUs)."""
+    import json
+    from dataclasses import replace
+
+    from attnsynth.toyworld.t2i_model import ToyT2IConfig
+    from attnsynth.toyworld.t2i_train import TrainConfig, train_t2i
+
+    config = TrainConfig(
+        stage=stage, steps=steps, vae_steps=vae_steps, batch_size=batch_size, vae_batch_size=vae_batch_size, lr=lr,
+        warmup_steps=warmup_steps, lr_schedule=lr_schedule, checkpoint_every_s=checkpoint_every, sample_every=sample_every,
+        seed=seed, threads=threads, model=replace(ToyT2IConfig(), resolution=resolution),
+    )
+    if dry_run:
+        typer.echo(json.dumps(config.to_dict(), indent=2))
+        return
+    train_t2i(out, config, resume=resume, init_from=init_from, export_to=export_to, device=device, echo=typer.echo)
