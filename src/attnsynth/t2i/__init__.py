@@ -1,1 +1,55 @@
-"""AI-T2I: attention-guided Stable Diffusion pipelines (and the A&E, Divide & Bind, layout baselines)."""
+"""AI-T2I: attention-guided Stable Diffusion pipelines (and the A&E, Divide & Bind, layout baselines).
+
+``AttentionGuidedStableDiffusionPipeline`` (SD 1.x/2.x) and ``AttentionGuidedStableDiffusionXLPipeline``
+are diffusers pipelines with extra ``__call__`` arguments (``subjects``, ``method``, ...). They are
+imported lazily, so ``attnsynth.t2i.losses`` and friends load without diffusers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+_LAZY = {
+    "AttentionGuidedStableDiffusionPipeline": "attnsynth.t2i.pipeline_sd",
+    "AttentionGuidedStableDiffusionPipelineOutput": "attnsynth.t2i.pipeline_sd",
+    "AttentionGuidedStableDiffusionXLPipeline": "attnsynth.t2i.pipeline_sdxl",
+    "AttentionGuidedStableDiffusionXLPipelineOutput": "attnsynth.t2i.pipeline_sdxl",
+}
+
+__all__ = sorted([*_LAZY, "load_pipeline"])
+
+_SDXL_CLASS_NAMES = ("StableDiffusionXLPipeline", "AttentionGuidedStableDiffusionXLPipeline")
+
+
+def load_pipeline(path: str | os.PathLike, *, device: str | None = None, dtype: Any = None) -> Any:
+    """Load a local diffusers SD or SDXL directory as the matching attention-guided pipeline.
+
+    SDXL is recognised from ``model_index.json`` (its class name, or a ``text_encoder_2``).
+    Raises ``FileNotFoundError`` when the directory or its ``model_index.json`` is missing.
+    """
+    index_path = Path(path) / "model_index.json"
+    if not index_path.is_file():
+        raise FileNotFoundError(f"--model {path}: no model_index.json there; expected a diffusers pipeline directory")
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{index_path}: unreadable model_index.json ({error})") from None
+    is_sdxl = index.get("_class_name") in _SDXL_CLASS_NAMES or "text_encoder_2" in index
+    cls = __getattr__("AttentionGuidedStableDiffusionXLPipeline" if is_sdxl else "AttentionGuidedStableDiffusionPipeline")
+    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    pipe = cls.from_pretrained(str(path), **kwargs)
+    return pipe.to(device) if device is not None else pipe
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,291 @@
+"""Tiny, offline Stable Diffusion components with random weights, for tests, demos and benchmarks.
+
+Built the way diffusers' own tests build theirs (UNet2DConditionModel, AutoencoderKL,
+CLIPTextModel from configs), plus a real CLIP BPE tokenizer whose ``vocab.json`` and
+``merges.txt`` are generated here from a small word list, so ordinary prompts ("a cat and a
+dog", "a red circle and a blue square") tokenise into whole-word tokens. A few words are
+multi-token on purpose ("sunflower" → "sun" + "flower"); unknown words fall back to characters.
+
+Nothing here touches the network; everything is deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "MULTI_TOKEN_WORDS",
+    "VOCABULARY",
+    "sd15_shaped_unet_config",
+    "tiny_sd_components",
+    "tiny_sd_pipeline",
+    "tiny_sdxl_components",
+    "tiny_sdxl_pipeline",
+    "tiny_tokenizer",
+]
+
+# Whole words of the tiny vocabulary (each one token).
+VOCABULARY = tuple(
+    """
+    a an the and with of on in at to next near under above behind beside is are one two three
+    photo picture image painting drawing sitting standing playing running lying flying
+    red orange yellow green blue purple pink brown gray grey black white golden silver
+    circle square triangle star heart hexagon cross ring ball box cube
+    cat dog bird bear lion horse elephant monkey frog turtle rabbit mouse kitten puppy
+    backpack glasses crown suitcase chair balloon bow car bowl bench clock apple
+    flower tree house boat cup table grass field beach street sky man woman child
+    big small large tiny tall striped spotted wooden metal glass shiny round fluffy cute
+    teddy bus train book lamp bottle vase hat shoe sock
+    """.split()
+)
+# Words made of several tokens on purpose: prefix pieces (no end-of-word marker) + a final word.
+MULTI_TOKEN_WORDS = {"sunflower": ("sun", "flower"), "cheeseburger": ("cheese", "burger"), "skateboard": ("skate", "board")}
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte-level alphabet: every byte → a printable unicode character."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def _learn_merges(pieces: list[list[str]]) -> list[tuple[str, str]]:
+    """Byte-pair merges that turn every piece into one symbol (most frequent pair first)."""
+    pieces = [list(p) for p in pieces]
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts = Counter(pair for p in pieces for pair in zip(p, p[1:]))
+        if not counts:
+            return merges
+        best = max(counts, key=lambda pair: (counts[pair], pair))
+        merges.append(best)
+        for p in pieces:
+            i = 0
+            while i < len(p) - 1:
+                if (p[i], p[i + 1]) == best:
+                    p[i : i + 2] = [p[i] + p[i + 1]]
+                i += 1
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer_files() -> Path:
+    """Write the tiny vocab.json + merges.txt once per process into a temporary directory."""
+    finals = sorted(set(VOCABULARY) | {parts[-1] for parts in MULTI_TOKEN_WORDS.values()})
+    prefixes = sorted({piece for parts in MULTI_TOKEN_WORDS.values() for piece in parts[:-1]})
+    pieces = [list(word[:-1]) + [word[-1] + "</w>"] for word in finals] + [list(piece) for piece in prefixes]
+    merges = _learn_merges(pieces)
+    alphabet = list(_bytes_to_unicode().values())
+    tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(pair) for pair in merges] + [BOS, EOS]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    directory = Path(tempfile.mkdtemp(prefix="attnsynth-tiny-clip-"))
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (directory / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+    )
+    return directory
+
+
+def tiny_tokenizer(*, model_max_length: int = 77):
+    """A CLIPTokenizer built offline from a generated vocab.json + merges.txt (about 1,200 tokens)."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(_tokenizer_files()), model_max_length=model_max_length)
+
+
+def _tiny_text_encoder(tokenizer, *, hidden_size: int, seed: int, with_projection: bool = False):
+    """A 2-layer CLIP text encoder of width ``hidden_size`` with random weights."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length,
+        projection_dim=hidden_size,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_act="gelu",
+    )
+    torch.manual_seed(seed)
+    model = CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)
+    return model.eval()
+
+
+def _tiny_vae(*, seed: int, down_levels: int = 2):
+    """A small AutoencoderKL that downsamples ``2**(down_levels-1)``× into 4 latent channels."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * down_levels,
+        up_block_types=("UpDecoderBlock2D",) * down_levels,
+        block_out_channels=(8,) * down_levels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=32,
+    ).eval()
+
+
+def _scheduler(name: str):
+    """SD's PNDM (``"pndm"``), DDIM (``"ddim"``) or SDXL's Euler (``"euler"``), SD's beta schedule."""
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler
+
+    common = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1)
+    if name == "pndm":
+        return PNDMScheduler(skip_prk_steps=True, set_alpha_to_one=False, **common)
+    if name == "ddim":
+        return DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **common)
+    if name == "euler":
+        return EulerDiscreteScheduler(**common)
+    raise ValueError(f"scheduler {name!r} is not one of 'pndm', 'ddim', 'euler'")
+
+
+def tiny_sd_components(
+    *,
+    seed: int = 0,
+    sample_size: int = 32,
+    cross_attention_dim: int = 32,
+    block_out_channels: tuple[int, ...] = (8, 16, 16),
+    attention_heads: int = 2,
+    scheduler: str = "pndm",
+    vae_levels: int = 2,
+) -> dict[str, Any]:
+    """Components of a tiny SD-1.x pipeline: a 3-level UNet with cross-attention at the two lower levels.
+
+    The latent is ``sample_size``²; the default map grid (latent/4, the SD ``H/32`` grid) is the
+    lowest level (8×8 for 32²), read by down_blocks.2, the mid block and up_blocks.0.
+    """
+    from diffusers import UNet2DConditionModel
+
+    levels = len(block_out_channels)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
+        block_out_channels=block_out_channels,
+        layers_per_block=1,
+        attention_head_dim=attention_heads,  # diffusers' legacy name: the number of heads
+        cross_attention_dim=cross_attention_dim,
+        norm_num_groups=4,
+    ).eval()
+    tokenizer = tiny_tokenizer()
+    return {
+        "unet": unet,
+        "vae": _tiny_vae(seed=seed + 1, down_levels=vae_levels),
+        "text_encoder": _tiny_text_encoder(tokenizer, hidden_size=cross_attention_dim, seed=seed + 2),
+        "tokenizer": tokenizer,
+        "scheduler": _scheduler(scheduler),
+        "safety_checker": None,
+        "feature_extractor": None,
+    }
+
+
+def tiny_sd_pipeline(*, pipeline_class: type | None = None, device: str | torch.device = "cpu", **component_kwargs):
+    """A tiny SD-1.x pipeline (``StableDiffusionPipeline`` unless ``pipeline_class`` is given), progress bar off."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline_class = pipeline_class or StableDiffusionPipeline
+    pipe = pipeline_class(**tiny_sd_components(**component_kwargs), requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def tiny_sdxl_components(
+    *,
+    seed: int = 0,
+    sample_size: int = 32,
+    text_dim: int = 32,
+    block_out_channels: tuple[int, ...] = (8, 16, 16),
+    scheduler: str = "euler",
+) -> dict[str, Any]:
+    """Components of a tiny SDXL pipeline: two text encoders (the second with projection), text-time UNet."""
+    from diffusers import UNet2DConditionModel
+
+    levels = len(block_out_channels)
+    time_embed_dim = 8
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
+        block_out_channels=block_out_channels,
+        layers_per_block=1,
+        attention_head_dim=(2,) * levels,
+        transformer_layers_per_block=(1,) * (levels - 1) + (2,),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=6 * time_embed_dim + text_dim,
+        cross_attention_dim=2 * text_dim,
+        norm_num_groups=4,
+    ).eval()
+    tokenizer = tiny_tokenizer()
+    return {
+        "unet": unet,
+        "vae": _tiny_vae(seed=seed + 1),
+        "text_encoder": _tiny_text_encoder(tokenizer, hidden_size=text_dim, seed=seed + 2),
+        "text_encoder_2": _tiny_text_encoder(tokenizer, hidden_size=text_dim, seed=seed + 3, with_projection=True),
+        "tokenizer": tokenizer,
+        "tokenizer_2": tiny_tokenizer(),
+        "scheduler": _scheduler(scheduler),
+    }
+
+
+def tiny_sdxl_pipeline(*, pipeline_class: type | None = None, device: str | torch.device = "cpu", **component_kwargs):
+    """A tiny SDXL pipeline (``StableDiffusionXLPipeline`` unless ``pipeline_class`` is given), no watermark."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipeline_class = pipeline_class or StableDiffusionXLPipeline
+    pipe = pipeline_class(**tiny_sdxl_components(**component_kwargs), add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def sd15_shaped_unet_config(scale: float = 0.1) -> dict[str, Any]:
+    """UNet2DConditionModel config shaped like SD 1.5's (4 levels, cross-attention at 3), widths × ``scale``.
+
+    ``scale=0.1`` gives channels (32, 64, 128, 128), an 80-dim text width and about 8.6 M
+    parameters: the real network's layout and layer count at a CPU-friendly size.
+    """
+    if not 0 < scale <= 1:
+        raise ValueError(f"scale {scale} must be in (0, 1]")
+    groups = 32 if scale >= 0.1 else 8
+    channels = tuple(max(groups, round(c * scale / groups) * groups) for c in (320, 640, 1280, 1280))
+    return {
+        "sample_size": 64,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        "block_out_channels": channels,
+        "layers_per_block": 2,
+        "attention_head_dim": 8,  # diffusers' legacy name: 8 heads, as SD 1.5
+        "cross_attention_dim": max(8, round(768 * scale / 8) * 8),
+        "norm_num_groups": groups,
+    }
