@@ -1,0 +1,112 @@
+"""Resumable training checkpoints without pickle: safetensors for tensors, JSON for the rest.
+
+A checkpoint is a directory written through a temporary sibling and renamed into place, so a
+run killed mid-write keeps its previous checkpoint intact::
+
+    checkpoint/
+      <module>.safetensors            one per module (generator, discriminator, ema, …)
+      optim_<name>.safetensors        optimiser state tensors, keys "state.<param>.<field>"
+      state.json                      step, seeds, optimiser hyper-parameters, grad-scaler state
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from attnsynth.utils.io import atomic_directory
+
+FORMAT_VERSION = 1
+
+
+def module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``state_dict`` as standalone contiguous CPU tensors (safetensors refuses shared storage)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+def flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimiser ``state_dict`` into tensors (``state.<i>.<field>``) and JSON metadata."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, fields in state["state"].items():
+        for key, value in fields.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{key}"] = value.detach().to("cpu", copy=True).contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in group.items()} for group in state["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`flatten_optimizer`: a ``state_dict`` ready for ``optimizer.load_state_dict``."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    for index, fields in meta.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(fields)
+    groups = []
+    for group in meta["param_groups"]:
+        group = dict(group)
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+        groups.append(group)
+    return {"state": state, "param_groups": groups}
+
+
+def save_training_state(
+    directory: str | Path,
+    *,
+    modules: Mapping[str, torch.nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    state: Mapping[str, Any],
+) -> Path:
+    """Write modules, optimisers and a JSON-able ``state`` to ``directory``, replacing it atomically."""
+    directory = Path(directory)
+    meta: dict[str, Any] = {"format": FORMAT_VERSION, "state": dict(state), "optimizers": {}}
+    with atomic_directory(directory, overwrite=True) as tmp:
+        for name, module in modules.items():
+            save_file(module_tensors(module), str(tmp / f"{name}.safetensors"))
+        for name, optimizer in optimizers.items():
+            tensors, opt_meta = flatten_optimizer(optimizer)
+            save_file(tensors, str(tmp / f"optim_{name}.safetensors"))
+            meta["optimizers"][name] = opt_meta
+        (tmp / "state.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return directory
+
+
+def load_training_state(
+    directory: str | Path,
+    *,
+    modules: Mapping[str, torch.nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+) -> dict[str, Any]:
+    """Load what :func:`save_training_state` wrote into existing modules/optimisers; return ``state``."""
+    directory = Path(directory)
+    state_path = directory / "state.json"
+    if not state_path.is_file():
+        raise FileNotFoundError(f"{state_path} does not exist: {directory} is not a training checkpoint")
+    try:
+        meta = json.loads(state_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{state_path} is not valid JSON ({error.msg})") from None
+    if meta.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{state_path} has format {meta.get('format')!r}; expected {FORMAT_VERSION}")
+    for name, module in modules.items():
+        path = directory / f"{name}.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file {path} is missing")
+        device = next(iter(module.state_dict().values())).device if module.state_dict() else "cpu"
+        module.load_state_dict(load_file(str(path), device=str(device)))
+    for name, optimizer in optimizers.items():
+        path = directory / f"optim_{name}.safetensors"
+        if not path.is_file() or name not in meta["optimizers"]:
+            raise FileNotFoundError(f"checkpoint file {path} (or its metadata) is missing")
+        optimizer.load_state_dict(unflatten_optimizer(load_file(str(path)), meta["optimizers"][name]))
+    return meta["state"]

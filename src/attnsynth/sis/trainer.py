@@ -1,0 +1,495 @@
+"""Training CA²-SIS (and the SPADE baseline) with 🤗 Accelerate: CPU, one GPU or many.
+
+``train(TrainConfig)`` runs the GAN stage with the paper's recipe — TTUR Adam β = (0, 0.9),
+lr_G 1e-4 / lr_D 4e-4 constant for the first half then linearly to 0, L_G = hinge + 10·FM +
+10·VGG (only with local VGG19 weights) + 1·L_att (CA²-SIS only), hinge L_D, an EMA of G.
+``train_mapping(MappingTrainConfig)`` then trains the random-style mapping network with G frozen.
+
+A run directory holds::
+
+    train_config.json   resolved options (+ model config, label set, processes)
+    log.jsonl           statistics every ``log_every`` steps: loss/G/total, loss/G/att, loss/D/total, lr/G …
+    samples/            sample grids (mask | real | reconstruction | style transfer), EMA generator
+    checkpoint/         the latest resumable state (see :mod:`attnsynth.sis.checkpoint`)
+    config.json, model.safetensors (EMA G), generator.safetensors (raw G), discriminator.safetensors,
+    labelset.json       the final model: ``SISModel.from_pretrained(RUN)``
+
+**Exact resume.** Everything random is a function of (seed, step): the data order and each
+sample's augmentation (:class:`~attnsynth.data.sampler.StepBatchSampler`) and the torch RNG,
+re-seeded at the start of every step from (seed, step, process). With weights, EMA and
+optimiser states restored from the checkpoint, a resumed run retraces the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from attnsynth.data import PairDataset, load_dataset
+from attnsynth.data.sampler import StepBatchSampler, mix_seed
+from attnsynth.sis.checkpoint import load_training_state, save_training_state
+from attnsynth.sis.run_log import RunLog, read_log
+from attnsynth.sis.train_config import MappingTrainConfig, TrainConfig
+from attnsynth.utils.io import atomic_save_png, atomic_write_json
+
+CHECKPOINT_DIR = "checkpoint"
+MAPPING_CHECKPOINT_DIR = "mapping_checkpoint"
+MAPPING_WEIGHTS = "mapping.safetensors"
+LABELSET_FILE = "labelset.json"
+TRAIN_CONFIG_FILE = "train_config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What a training call leaves behind: the run directory, the last step and its statistics."""
+
+    out: Path
+    step: int
+    last_log: dict[str, Any]
+
+
+# ---- small pure helpers -----------------------------------------------------------------------------
+def lr_factor(step: int, total: int, decay_start: float) -> float:
+    """1 for the first ``decay_start`` fraction of steps, then linear to 0 at ``total`` (SPADE's schedule)."""
+    start = int(total * decay_start)
+    if step < start or total == start:
+        return 1.0
+    return max(0.0, (total - step) / (total - start))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
+    """ema ← d·ema + (1 − d)·model with d = min(decay, (1 + step)/(10 + step)) (warm-up); buffers copied."""
+    d = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach().to(e.dtype), 1.0 - d)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def split_outputs(outputs: list[list[torch.Tensor]], n: int) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
+    """Discriminator outputs of ``cat([a, b])`` → (outputs of a, outputs of b); ``a`` has ``n`` items."""
+    first = [[f[:n] for f in scale] for scale in outputs]
+    second = [[f[n:] for f in scale] for scale in outputs]
+    return first, second
+
+
+def _one_line(error: BaseException) -> str:
+    """Last meaningful line of an error message (DataLoader workers prepend a traceback)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    last = lines[-1] if lines else type(error).__name__
+    for prefix in ("ValueError: ", "FileNotFoundError: "):
+        last = last.removeprefix(prefix)
+    return last
+
+
+def _make_accelerator(mixed_precision: str):
+    """The Accelerator; a multi-process launch (torchrun / ``accelerate launch``) without CUDA runs on CPU with gloo."""
+    from accelerate import Accelerator
+
+    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu_processes)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise ValueError(f"launched with WORLD_SIZE={launched} but Accelerate runs {accelerator.num_processes} process(es); check the launcher")
+    return accelerator
+
+
+def _batches(loader: torch.utils.data.DataLoader) -> Iterator[dict]:
+    """Iterate a DataLoader, turning dataset errors (also from workers) into one-line errors."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except FileNotFoundError as error:
+            raise FileNotFoundError(_one_line(error)) from None
+        except ValueError as error:
+            raise ValueError(_one_line(error)) from None
+        yield batch
+
+
+def _loader(dataset: PairDataset, *, batch_size: int, total_steps: int, start_step: int, seed: int, accelerator, num_workers: int) -> torch.utils.data.DataLoader:
+    sampler = StepBatchSampler(num_samples=len(dataset), batch_size=batch_size, total_steps=total_steps, start_step=start_step, seed=seed, rank=accelerator.process_index, world_size=accelerator.num_processes)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=accelerator.device.type == "cuda")
+
+
+def _reduce_stats(accelerator, stats: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean of each statistic over processes (one collective)."""
+    keys = sorted(stats)
+    values = torch.stack([stats[k].detach().float().reshape(()) for k in keys])
+    values = accelerator.reduce(values, reduction="mean")
+    return {k: float(v) for k, v in zip(keys, values.cpu())}
+
+
+def _progress(enabled: bool, total: int, start: int, description: str):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=True)
+    progress.start()
+    progress.add_task(description, total=total, completed=start, info="")
+    return progress
+
+
+# ---- the run directory ------------------------------------------------------------------------------
+def _prepare_run(config: TrainConfig, resume: bool) -> tuple[Path, bool]:
+    """Check ``config.out`` against ``resume``; return (run dir, whether a checkpoint will be loaded)."""
+    out = Path(config.out)
+    has_checkpoint = (out / CHECKPOINT_DIR / "state.json").is_file()
+    if has_checkpoint and not resume:
+        raise FileExistsError(f"--out {out} already holds a training run; pass --resume to continue it or choose another --out")
+    if not has_checkpoint and not resume and out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"--out {out} exists and is not empty; choose another --out")
+    if has_checkpoint:
+        saved_path = out / TRAIN_CONFIG_FILE
+        if not saved_path.is_file():
+            raise FileNotFoundError(f"{saved_path} is missing: cannot check that --resume uses the same options")
+        saved = TrainConfig.from_dict(json.loads(saved_path.read_text(encoding="utf-8"))["train"])
+        config.check_resume(saved)
+    return out, has_checkpoint
+
+
+def _save_final_model(out: Path, model, *, extra: dict[str, dict[str, torch.Tensor]], label_set) -> None:
+    """``save_pretrained`` into a temporary sibling, then move its files into ``out`` one by one (atomic each)."""
+    tmp = Path(tempfile.mkdtemp(prefix=".final.", dir=out))
+    try:
+        model.save_pretrained(tmp / "model", extra_state_dicts=extra)
+        files = sorted((tmp / "model").iterdir(), key=lambda p: p.name == "config.json")  # config last
+        for path in files:
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    atomic_write_json(out / LABELSET_FILE, label_set.to_dict())
+
+
+def load_labelset(run: str | Path, num_classes: int):
+    """The label set saved beside a model (``labelset.json``), else CelebAMask-HQ for 19 classes, else generic names."""
+    from attnsynth.data.folders import labelset_from_json
+    from attnsynth.data.labelsets import CELEBAMASK_HQ, LabelSet
+
+    path = Path(run) / LABELSET_FILE
+    if path.is_file():
+        label_set = labelset_from_json(path, name=Path(run).name)
+        if label_set.num_classes == num_classes:
+            return label_set
+    if num_classes == CELEBAMASK_HQ.num_classes:
+        return CELEBAMASK_HQ
+    return LabelSet(name="generic", class_names=tuple(f"class_{i}" for i in range(num_classes)))
+
+
+# ---- samples ----------------------------------------------------------------------------------------
+@torch.no_grad()
+def sample_grid(model, dataset: PairDataset, *, count: int = 4, device: torch.device) -> "np.ndarray":  # noqa: F821
+    """One row per fixed sample: mask | real | reconstruction | style transfer from the next sample."""
+    from attnsynth.sis.model import labels_to_onehot
+    from attnsynth.sis.visuals import colorize, grid
+    from attnsynth.utils.images import to_uint8
+
+    items = [dataset[i] for i in range(min(count, len(dataset)))]
+    image = torch.stack([it["image"] for it in items]).to(device, model.dtype)
+    labels = torch.stack([it["labels"] for it in items]).to(device)
+    onehot = labels_to_onehot(labels, dataset.num_classes, dtype=model.dtype)
+    was_training = model.training
+    model.eval()
+    recon = model(image, onehot)
+    style = model.encode_style(image.roll(1, 0), onehot.roll(1, 0))
+    transfer = model.decode(model.embed_shape(onehot), style)
+    model.train(was_training)
+    rows = [[colorize(labels[i], dataset.num_classes), to_uint8(image[i]), to_uint8(recon[i]), to_uint8(transfer[i])] for i in range(len(items))]
+    return grid(rows)
+
+
+# ---- the GAN stage ----------------------------------------------------------------------------------
+class _GANStep:
+    """One iteration of the main stage: a G update (hinge + FM + VGG + L_att), then a D update (hinge)."""
+
+    def __init__(self, *, accelerator, generator, discriminator, opt_g, opt_d, vgg, config: TrainConfig, use_attention: bool) -> None:
+        self.accelerator = accelerator
+        self.generator = generator  # possibly DDP-wrapped
+        self.discriminator = discriminator  # possibly DDP-wrapped
+        self.plain_discriminator = accelerator.unwrap_model(discriminator)  # G step: no DDP sync, frozen
+        self.opt_g, self.opt_d = opt_g, opt_d
+        self.vgg = vgg
+        self.config = config
+        self.use_attention = use_attention
+
+    def __call__(self, image: torch.Tensor, onehot: torch.Tensor) -> dict[str, torch.Tensor]:
+        from attnsynth.sis.losses import attention_loss, feature_matching_loss, hinge_d_loss, hinge_g_loss
+
+        cfg, acc = self.config, self.accelerator
+        n = image.shape[0]
+        both_masks = torch.cat([onehot, onehot])
+        # 1. generator update; D is frozen and called without its DDP wrapper
+        self.plain_discriminator.requires_grad_(False)
+        with acc.autocast():
+            fake, logits = self.generator(image, onehot, return_attention=True)
+            fake_out, real_out = split_outputs(self.plain_discriminator(torch.cat([fake, image]), both_masks), n)
+            stats = {"loss/G/gan": hinge_g_loss(fake_out), "loss/G/fm": feature_matching_loss(fake_out, real_out)}
+            total = stats["loss/G/gan"] + cfg.lambda_fm * stats["loss/G/fm"]
+            if self.vgg is not None:
+                stats["loss/G/vgg"] = self.vgg(fake.float(), image.float())
+                total = total + cfg.lambda_vgg * stats["loss/G/vgg"]
+            if self.use_attention:
+                stats["loss/G/att"] = attention_loss([l.float() for l in logits], onehot)
+                total = total + cfg.lambda_att * stats["loss/G/att"]
+        stats["loss/G/total"] = total
+        self.opt_g.zero_grad(set_to_none=True)
+        acc.backward(total)
+        self.opt_g.step()
+        # 2. discriminator update on the same fake (detached): one forward of real ⊕ fake
+        self.plain_discriminator.requires_grad_(True)
+        with acc.autocast():
+            fake_out, real_out = split_outputs(self.discriminator(torch.cat([fake.detach(), image]), both_masks), n)
+            loss_d = hinge_d_loss(real_out, fake_out)
+        self.opt_d.zero_grad(set_to_none=True)
+        acc.backward(loss_d)
+        self.opt_d.step()
+        stats["loss/D/total"] = loss_d
+        stats["D/real_logit"] = torch.stack([s[-1].float().mean() for s in real_out]).mean()
+        stats["D/fake_logit"] = torch.stack([s[-1].float().mean() for s in fake_out]).mean()
+        return {k: v.detach() for k, v in stats.items()}
+
+
+def _build_vgg(config: TrainConfig, device, say: Callable[[str], None]):
+    """The VGG19 perceptual loss, or None (with a clear message) when no weights are given."""
+    if config.lambda_vgg == 0:
+        say("perceptual (VGG) loss is OFF: lambda_vgg = 0")
+        return None
+    if config.vgg_weights is None:
+        say("perceptual (VGG) loss is OFF: no --vgg-weights given (a local VGG19 weights file enables the paper's 10·L_VGG)")
+        return None
+    from attnsynth.sis.losses import VGGPerceptualLoss
+
+    return VGGPerceptualLoss(config.vgg_weights, device=device)
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = False, callback: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Train a SIS model as ``config`` says (resuming ``config.out`` when ``resume``); see the module docstring.
+
+    ``callback`` receives ``{"step": done, "stats": {name: tensor}, "models": {"generator",
+    "discriminator", "ema"}}`` (unwrapped modules of this process) after every step — for progress
+    displays, previews, or stopping early by raising.
+    """
+    from attnsynth.sis.configs import get_config
+    from attnsynth.sis.model import build_discriminator, build_model, labels_to_onehot
+
+    # 1. check inputs before any compute
+    out, load = _prepare_run(config, resume)
+    if config.vgg_weights is not None and not Path(config.vgg_weights).is_file():
+        raise FileNotFoundError(f"--vgg-weights {config.vgg_weights} does not exist")
+    dataset = load_dataset(config.data, split="train", resolution=config.resolution, augment=config.augment, layout=config.layout, toy_n=config.toy_n, seed=config.seed)
+    preview = load_dataset(config.data, split="train", resolution=config.resolution, augment=False, layout=config.layout, toy_n=config.toy_n, seed=config.seed)
+    dataset[0]  # fail fast on an unreadable first sample
+    model_config = get_config(config.config, num_classes=dataset.num_classes, resolution=config.resolution)
+
+    # 2. processes, models, optimisers
+    accelerator = _make_accelerator(config.mixed_precision)
+    say = accelerator.print
+    torch.manual_seed(config.seed)
+    generator = build_model(model_config)
+    discriminator = build_discriminator(model_config)
+    ema = copy.deepcopy(generator).requires_grad_(False).eval()
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=config.betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=config.betas)
+    start_step = 0
+    if load:
+        state = load_training_state(out / CHECKPOINT_DIR, modules={"generator": generator, "discriminator": discriminator, "ema": ema}, optimizers={"generator": opt_g, "discriminator": opt_d})
+        start_step = int(state["step"])
+        if state.get("processes") != accelerator.num_processes:
+            say(f"note: the checkpoint was written with {state.get('processes')} processes, now {accelerator.num_processes}: the data order differs from an uninterrupted run")
+        say(f"resuming {out} from step {start_step}")
+    elif resume:
+        say(f"nothing to resume in {out}: starting from step 0")
+    generator, discriminator, opt_g, opt_d = accelerator.prepare(generator, discriminator, opt_g, opt_d)
+    ema.to(accelerator.device)
+    plain_g = accelerator.unwrap_model(generator)
+    vgg = _build_vgg(config, accelerator.device, say)
+    step_fn = _GANStep(accelerator=accelerator, generator=generator, discriminator=discriminator, opt_g=opt_g, opt_d=opt_d, vgg=vgg, config=config, use_attention=model_config.arch == "ca2sis" and config.lambda_att > 0)
+
+    # 3. the run directory
+    log = None
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / TRAIN_CONFIG_FILE, {"train": config.to_dict(), "model": model_config.to_dict(), "label_set": dataset.label_set.to_dict(), "processes": accelerator.num_processes, "perceptual_loss": vgg is not None})
+        log = RunLog(out / "log.jsonl", keep_until_step=start_step if load else None)
+    accelerator.wait_for_everyone()
+
+    def save_checkpoint(step: int) -> None:
+        if accelerator.is_main_process:
+            save_training_state(out / CHECKPOINT_DIR, modules={"generator": plain_g, "discriminator": accelerator.unwrap_model(discriminator), "ema": ema}, optimizers={"generator": opt_g, "discriminator": opt_d}, state={"step": step, "seed": config.seed, "processes": accelerator.num_processes, "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None})
+        accelerator.wait_for_everyone()
+
+    if load and accelerator.scaler is not None:
+        saved_scaler = json.loads((out / CHECKPOINT_DIR / "state.json").read_text())["state"].get("scaler")
+        if saved_scaler:
+            accelerator.scaler.load_state_dict(saved_scaler)
+
+    # 4. the loop
+    loader = _loader(dataset, batch_size=config.batch_size, total_steps=config.steps, start_step=start_step, seed=config.seed, accelerator=accelerator, num_workers=config.num_workers)
+    bar = _progress(progress and accelerator.is_main_process, config.steps, start_step, "sis train")
+    last: dict[str, Any] = {}
+    final_step = start_step
+    tick = time.perf_counter()
+    try:
+        for step, batch in enumerate(_batches(loader), start=start_step):
+            torch.manual_seed(mix_seed(config.seed, 0x57E9, step, accelerator.process_index))
+            factor = lr_factor(step, config.steps, config.decay_start)
+            set_lr(opt_g, config.lr_g * factor)
+            set_lr(opt_d, config.lr_d * factor)
+            image = batch["image"].to(accelerator.device)
+            onehot = labels_to_onehot(batch["labels"].to(accelerator.device), dataset.num_classes)
+            stats = step_fn(image, onehot)
+            ema_update(ema, plain_g, step, config.ema_decay)
+            done = final_step = step + 1
+            if callback is not None:
+                callback({"step": done, "stats": stats, "models": {"generator": plain_g, "discriminator": step_fn.plain_discriminator, "ema": ema}})
+            if done % config.log_every == 0 or done == config.steps:
+                values = _reduce_stats(accelerator, stats)
+                last = {"step": done, **values, "lr/G": config.lr_g * factor, "lr/D": config.lr_d * factor, "time/sec_per_step": (time.perf_counter() - tick) / config.log_every}
+                tick = time.perf_counter()
+                if log is not None:
+                    log.write(last)
+                if bar is not None:
+                    bar.update(bar.task_ids[0], completed=done, info=f"G {values['loss/G/total']:.3f} D {values['loss/D/total']:.3f}")
+            if config.sample_every and done % config.sample_every == 0 and accelerator.is_main_process:
+                atomic_save_png(out / "samples" / f"step_{done:07d}.png", sample_grid(ema, preview, device=accelerator.device))
+            if config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
+                save_checkpoint(done)
+    finally:
+        if bar is not None:
+            bar.stop()
+
+    # 5. final checkpoint, sample grid and model
+    save_checkpoint(final_step)
+    if accelerator.is_main_process:
+        atomic_save_png(out / "samples" / f"step_{final_step:07d}.png", sample_grid(ema, preview, device=accelerator.device))
+        _save_final_model(out, ema, extra={"generator": plain_g.state_dict(), "discriminator": accelerator.unwrap_model(discriminator).state_dict()}, label_set=dataset.label_set)
+        say(f"trained to step {final_step}: model in {out}")
+    accelerator.wait_for_everyone()
+    if not last:
+        records = read_log(out / "log.jsonl")
+        last = records[-1] if records else {"step": final_step}
+    return TrainResult(out=out, step=final_step, last_log=last)
+
+
+# ---- the mapping (random style) stage -----------------------------------------------------------
+def train_mapping(config: MappingTrainConfig, *, resume: bool = False, progress: bool = False) -> TrainResult:
+    """Train the mapping network z → style tokens with the run's EMA generator frozen.
+
+    Losses: G side hinge + λ_att·L_att − λ_div·|G(z₁) − G(z₂)|₁ (on the mapping network), D side
+    hinge (the discriminator continues from the run's final one). Writes ``RUN/mapping.safetensors``,
+    ``RUN/mapping_log.jsonl`` and a resumable ``RUN/mapping_checkpoint/``.
+    """
+    from attnsynth.sis.losses import attention_loss, hinge_d_loss, hinge_g_loss
+    from attnsynth.sis.mapping import MappingNetwork
+    from attnsynth.sis.model import SISModel, build_discriminator, labels_to_onehot, load_safetensors, present_classes, save_safetensors
+
+    run = Path(config.run)
+    if not (run / "config.json").is_file() or not (run / "discriminator.safetensors").is_file():
+        raise FileNotFoundError(f"--checkpoint {run} is not a finished `sis train` run (config.json, model.safetensors, discriminator.safetensors)")
+    has_checkpoint = (run / MAPPING_CHECKPOINT_DIR / "state.json").is_file()
+    if (run / MAPPING_WEIGHTS).exists() and not resume:
+        raise FileExistsError(f"{run / MAPPING_WEIGHTS} exists; pass --resume to continue the mapping stage")
+    saved = TrainConfig.from_dict(json.loads((run / TRAIN_CONFIG_FILE).read_text(encoding="utf-8"))["train"])
+    data = config.data or saved.data
+    dataset = load_dataset(data, split="train", resolution=saved.resolution, augment=saved.augment, layout=config.layout, toy_n=config.toy_n, seed=config.seed)
+
+    accelerator = _make_accelerator(config.mixed_precision)
+    generator = SISModel.from_pretrained(run, device=accelerator.device).requires_grad_(False).eval()
+    if generator.config.num_classes != dataset.num_classes:
+        raise ValueError(f"--data has {dataset.num_classes} classes but the model in {run} has {generator.config.num_classes}")
+    torch.manual_seed(config.seed)
+    mapping = MappingNetwork(generator.config)
+    discriminator = load_safetensors(build_discriminator(generator.config), run / "discriminator.safetensors")
+    opt_m = torch.optim.Adam(mapping.parameters(), lr=config.lr, betas=config.betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=config.betas)
+    start_step = 0
+    if resume and has_checkpoint:
+        start_step = int(load_training_state(run / MAPPING_CHECKPOINT_DIR, modules={"mapping": mapping, "discriminator": discriminator}, optimizers={"mapping": opt_m, "discriminator": opt_d})["step"])
+    mapping, discriminator, opt_m, opt_d = accelerator.prepare(mapping, discriminator, opt_m, opt_d)
+    plain_d = accelerator.unwrap_model(discriminator)
+    use_attention = generator.config.arch == "ca2sis" and config.lambda_att > 0
+    log = RunLog(run / "mapping_log.jsonl", keep_until_step=start_step if start_step else None) if accelerator.is_main_process else None
+    if accelerator.is_main_process:
+        atomic_write_json(run / "mapping_config.json", config.to_dict())
+
+    def save_checkpoint(step: int) -> None:
+        if accelerator.is_main_process:
+            save_training_state(run / MAPPING_CHECKPOINT_DIR, modules={"mapping": accelerator.unwrap_model(mapping), "discriminator": plain_d}, optimizers={"mapping": opt_m, "discriminator": opt_d}, state={"step": step, "seed": config.seed, "processes": accelerator.num_processes})
+        accelerator.wait_for_everyone()
+
+    loader = _loader(dataset, batch_size=config.batch_size, total_steps=config.steps, start_step=start_step, seed=config.seed, accelerator=accelerator, num_workers=config.num_workers)
+    bar = _progress(progress and accelerator.is_main_process, config.steps, start_step, "sis mapping")
+    latent = generator.config.mapping_latent_dim
+    last: dict[str, Any] = {}
+    final_step = start_step
+    try:
+        for step, batch in enumerate(_batches(loader), start=start_step):
+            torch.manual_seed(mix_seed(config.seed, 0x3A99, step, accelerator.process_index))
+            image = batch["image"].to(accelerator.device)
+            onehot = labels_to_onehot(batch["labels"].to(accelerator.device), dataset.num_classes)
+            n = image.shape[0]
+            present = present_classes(onehot)
+            shape = generator.embed_shape(onehot)
+            plain_d.requires_grad_(False)
+            with accelerator.autocast():
+                z = torch.randn(n * (2 if config.lambda_div else 1), latent, device=accelerator.device)
+                style = mapping(z, present.repeat(2 if config.lambda_div else 1, 1))
+                fake, logits = generator.decode(shape.repeat(2 if config.lambda_div else 1, 1, 1), style, return_attention=True)
+                fake_out = plain_d(fake[:n], onehot)
+                stats = {"loss/M/gan": hinge_g_loss(fake_out)}
+                total = stats["loss/M/gan"]
+                if use_attention:
+                    stats["loss/M/att"] = attention_loss([l[:n].float() for l in logits], onehot)
+                    total = total + config.lambda_att * stats["loss/M/att"]
+                if config.lambda_div:
+                    stats["loss/M/diversity"] = (fake[:n] - fake[n:]).abs().mean()
+                    total = total - config.lambda_div * stats["loss/M/diversity"]
+            stats["loss/M/total"] = total
+            opt_m.zero_grad(set_to_none=True)
+            accelerator.backward(total)
+            opt_m.step()
+            plain_d.requires_grad_(True)
+            with accelerator.autocast():
+                fake_out, real_out = split_outputs(discriminator(torch.cat([fake[:n].detach(), image]), torch.cat([onehot, onehot])), n)
+                loss_d = hinge_d_loss(real_out, fake_out)
+            opt_d.zero_grad(set_to_none=True)
+            accelerator.backward(loss_d)
+            opt_d.step()
+            stats["loss/D/total"] = loss_d
+            final_step = step + 1
+            if final_step % config.log_every == 0 or final_step == config.steps:
+                last = {"step": final_step, **_reduce_stats(accelerator, {k: v.detach() for k, v in stats.items()})}
+                if log is not None:
+                    log.write(last)
+                if bar is not None:
+                    bar.update(bar.task_ids[0], completed=final_step)
+            if config.checkpoint_every and final_step % config.checkpoint_every == 0 and final_step != config.steps:
+                save_checkpoint(final_step)
+    finally:
+        if bar is not None:
+            bar.stop()
+    save_checkpoint(final_step)
+    if accelerator.is_main_process:
+        save_safetensors(accelerator.unwrap_model(mapping), run / MAPPING_WEIGHTS)
+        accelerator.print(f"mapping network trained to step {final_step}: {run / MAPPING_WEIGHTS}")
+    accelerator.wait_for_everyone()
+    return TrainResult(out=run, step=final_step, last_log=last)
