@@ -1,0 +1,455 @@
+"""Attention-guidance losses of AI-T2I and its baselines, as pure functions of attention maps.
+
+Every loss takes ``maps [B, H, W, T]`` — cross-attention probabilities of the conditional branch
+(softmax over all T tokens, BOS at 0), averaged over heads and captured layers — and subject
+groups from :func:`attnsynth.t2i.subjects.resolve_subjects`, and returns one loss per image,
+``[B]`` float32. Image b's loss depends only on ``maps[b]``. Inputs may be float16/bfloat16;
+computation is float32. No host syncs (argmax and masks only), so these run inside a guided
+denoising step on any device.
+
+A subject group's map is the **sum** of its token maps (:func:`group_maps`): the probability
+that a pixel attends to any token of the subject, so multi-token words ("hedgehog" → several
+BPE tokens), synonyms and repeated mentions act as one subject, and a one-token group is exactly
+that token's map. Sum keeps the mass of every token and passes gradient to all of them (a max
+would feed only the winning token at each pixel).
+
+Notation: D = ``diagonal(H, W)``; c(A) = centroid; sg = stop-gradient; p_j, g_j = peak and disc
+centroid of the j-th non-maximum-suppression disc (:func:`attnsynth.attention.geometry.find_peaks`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from attnsynth.attention.geometry import (
+    centroid,
+    diagonal,
+    find_peaks,
+    gaussian_smooth,
+    mass_in_box,
+    normalise,
+    total_variation,
+)
+from attnsynth.t2i.subjects import SubjectGroup
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "METHODS",
+    "aggregation_loss",
+    "attend_excite_loss",
+    "attribute_loss",
+    "box_loss",
+    "divide_bind_loss",
+    "excitation_loss",
+    "group_maps",
+    "guidance_loss",
+    "isolation_loss",
+    "max_attention_per_subject",
+]
+
+METHODS = ("ait2i", "attend-excite", "divide-bind", "layout")
+
+# Loss weights per method; a weight of 0 skips the term. Keys are the names in `parts`.
+DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
+    # AI-T2I public code: L = 2.0·L_iso + 1.25·Σ_k L_agg,k + 0.25·L_exc + 0.75·Σ_k L_adj,k
+    # (aggregation and attribute terms are summed over subjects, as in the paper).
+    "ait2i": {"isolation": 2.0, "aggregation": 1.25, "excitation": 0.25, "attribute": 0.75},
+    # Attend-and-Excite: L = max(0, 1 − min_k max Â_k).
+    "attend-excite": {"excitation": 1.0},
+    # Divide & Bind: attendance (−TV) + binding (JSD); λ = 1 for both (the paper's values were
+    # not available to us; both terms are O(0.1–1) on 16×16 maps).
+    "divide-bind": {"attendance": 1.0, "binding": 1.0},
+    # Layout guidance (Chen et al.) box loss, plus a light AI-T2I aggregation so each subject
+    # forms one blob inside its box; isolation is redundant when boxes already separate subjects.
+    "layout": {"box": 1.0, "aggregation": 0.25, "isolation": 0.0, "excitation": 0.0, "attribute": 0.0},
+}
+
+_NORM_EPS = 1e-12  # inside sqrt so that ‖0‖ has a finite (zero) gradient
+
+
+def _norm(vectors: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm over the last dimension with a finite gradient at zero."""
+    return torch.sqrt((vectors**2).sum(dim=-1) + _NORM_EPS)
+
+
+def _zeros(maps: torch.Tensor) -> torch.Tensor:
+    """Per-image zero loss ``[B]`` still connected to the graph of ``maps``."""
+    return maps.float().sum(dim=(1, 2, 3)) * 0.0
+
+
+def _check_maps(maps: torch.Tensor) -> None:
+    if not isinstance(maps, torch.Tensor) or maps.ndim != 4:
+        shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+        raise ValueError(f"maps has shape {shape}; expected a tensor [B, H, W, T]")
+
+
+def _selection(
+    index_sets: Sequence[Sequence[int]], num_tokens: int, *, offset: int, device: torch.device, what: str
+) -> torch.Tensor:
+    """Matrix ``[num_tokens, K]`` with 1 where token ``i − offset`` belongs to set k (checked on host)."""
+    matrix = torch.zeros(num_tokens, len(index_sets))
+    for k, indices in enumerate(index_sets):
+        for index in indices:
+            position = index - offset
+            if not 0 <= position < num_tokens:
+                raise ValueError(
+                    f"{what} token index {index} is out of range; expected {offset} <= index < {num_tokens + offset}"
+                )
+            matrix[position, k] = 1.0
+    return matrix.to(device)
+
+
+def _combine(maps: torch.Tensor, index_sets: Sequence[Sequence[int]], *, offset: int, what: str) -> torch.Tensor:
+    """Sum the token maps of each index set: ``[B, H, W, T] → [B, K, H, W]``."""
+    selection = _selection(index_sets, maps.shape[-1], offset=offset, device=maps.device, what=what)
+    return torch.einsum("bhwt,tk->bkhw", maps.float(), selection)
+
+
+def group_maps(
+    maps: torch.Tensor, groups: Sequence[SubjectGroup], *, token_field: str = "token_indices"
+) -> torch.Tensor:
+    """Each group's map, the sum of its token maps: ``[B, H, W, T] → [B, K, H, W]`` float32.
+
+    ``token_field="attribute_indices"`` sums the attribute tokens instead (zeros where none).
+    """
+    _check_maps(maps)
+    if token_field not in ("token_indices", "attribute_indices"):
+        raise ValueError(f"token_field={token_field!r} is invalid; expected 'token_indices' or 'attribute_indices'")
+    if token_field == "token_indices":
+        for group in groups:
+            if not group.token_indices:
+                raise ValueError(f"subject group {group.name!r} has no tokens; expected at least one token index")
+    return _combine(maps, [getattr(g, token_field) for g in groups], offset=0, what=f"subject {token_field}")
+
+
+def aggregation_loss(
+    maps: torch.Tensor,
+    groups: Sequence[SubjectGroup],
+    *,
+    radius: float = 5.0,
+    n_peaks: int = 3,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """AI-T2I aggregation: pull each subject's secondary blobs onto its dominant one → ``[B]``.
+
+    Per group k (3-peak NMS on its map A_k): ``L_agg,k = [Σ_j ‖sg(p_1) − g_j‖ + Σ_{2≤j<l} ‖g_j − g_l‖] / D``
+    (for 3 peaks the second sum is ‖g_2 − g_3‖). ``reduction`` over groups: "mean" or "sum"
+    (the paper's Σ_k, used by :func:`guidance_loss`). No groups → 0.
+    """
+    _check_reduction(reduction)
+    if not groups:
+        return _zeros(maps)
+    subject_maps = group_maps(maps, groups)  # [B, K, H, W]
+    peaks, centres = find_peaks(subject_maps, n_peaks=n_peaks, radius=radius)  # [B, K, n, 2] each
+    pull = _norm(peaks[..., :1, :] - centres).sum(dim=-1)  # [B, K]
+    spread = [_norm(centres[..., j, :] - centres[..., l, :]) for j, l in itertools.combinations(range(1, n_peaks), 2)]
+    if spread:
+        pull = pull + torch.stack(spread, dim=-1).sum(dim=-1)
+    per_group = pull / diagonal(*subject_maps.shape[-2:])
+    return per_group.mean(dim=-1) if reduction == "mean" else per_group.sum(dim=-1)
+
+
+def isolation_loss(maps: torch.Tensor, groups: Sequence[SubjectGroup], *, distance: str = "euclidean") -> torch.Tensor:
+    """AI-T2I isolation: push different subjects' attention apart → ``[B]``, mean over pairs i < j.
+
+    ``distance="euclidean"``: ``1 − ‖c(A_i) − c(A_j)‖ / D`` (the public code, for 2 subjects).
+    ``distance="cosine"``: ``⟨A_i, A_j⟩ / (‖A_i‖‖A_j‖)``, the overlap of the flattened maps.
+    Fewer than two groups → 0.
+    """
+    if distance not in ("euclidean", "cosine"):
+        raise ValueError(f"distance={distance!r} is invalid; expected 'euclidean' or 'cosine'")
+    if len(groups) < 2:
+        return _zeros(maps)
+    subject_maps = group_maps(maps, groups)  # [B, K, H, W]
+    pairs = list(itertools.combinations(range(len(groups)), 2))
+    first = torch.tensor([i for i, _ in pairs], device=maps.device)
+    second = torch.tensor([j for _, j in pairs], device=maps.device)
+    if distance == "euclidean":
+        centres = centroid(subject_maps)  # [B, K, 2]
+        gaps = _norm(centres[:, first] - centres[:, second])  # [B, P]
+        per_pair = 1.0 - gaps / diagonal(*subject_maps.shape[-2:])
+    else:
+        flat = subject_maps.flatten(2)  # [B, K, HW]
+        unit = flat / flat.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        per_pair = (unit[:, first] * unit[:, second]).sum(dim=-1)  # [B, P]
+    return per_pair.mean(dim=-1)
+
+
+def attribute_loss(
+    maps: torch.Tensor,
+    groups: Sequence[SubjectGroup],
+    *,
+    radius: float = 6.0,
+    n_peaks: int = 3,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """AI-T2I attribute alignment: pull each attribute's blobs onto its noun's peak → ``[B]``.
+
+    For a group with attribute tokens (their maps summed into A_adj; "a small red cat" → small +
+    red): ``L_adj = Σ_j ‖sg(p_1(A_noun)) − g_j(A_adj)‖ / D`` with NMS of radius ``radius`` on
+    A_adj. ``reduction`` over the groups that have attributes ("mean" or the paper's "sum");
+    no attributes anywhere → 0.
+    """
+    _check_reduction(reduction)
+    bound = [g for g in groups if g.attribute_indices]
+    if not bound:
+        return _zeros(maps)
+    noun_maps = group_maps(maps, bound)  # [B, K, H, W]
+    attribute_maps = group_maps(maps, bound, token_field="attribute_indices")  # [B, K, H, W]
+    noun_peak = find_peaks(noun_maps, n_peaks=1, radius=radius)[0]  # [B, K, 1, 2], no gradient
+    _, centres = find_peaks(attribute_maps, n_peaks=n_peaks, radius=radius)  # [B, K, n, 2]
+    per_group = _norm(noun_peak - centres).sum(dim=-1) / diagonal(*noun_maps.shape[-2:])  # [B, K]
+    return per_group.mean(dim=-1) if reduction == "mean" else per_group.sum(dim=-1)
+
+
+def _text_softmax(maps: torch.Tensor, prompt_length: int | None) -> torch.Tensor:
+    """A&E's token re-normalisation ``softmax(100·A[..., 1:L−1])`` over tokens → ``[B, H, W, L−2]``."""
+    _check_maps(maps)
+    num_tokens = maps.shape[-1]
+    length = num_tokens if prompt_length is None else prompt_length
+    if isinstance(length, bool) or not isinstance(length, int) or not 3 <= length <= num_tokens:
+        raise ValueError(
+            f"prompt_length={prompt_length!r} is invalid; expected an integer in [3, {num_tokens}] (BOS and EOS included)"
+        )
+    return torch.softmax(maps.float()[..., 1 : length - 1] * 100, dim=-1)
+
+
+def _max_attention(
+    maps: torch.Tensor,
+    index_sets: Sequence[Sequence[int]],
+    *,
+    prompt_length: int | None,
+    smooth: bool,
+    kernel_size: int,
+    sigma: float,
+) -> torch.Tensor:
+    """Max over pixels of the (smoothed) re-normalised attention of each index set → ``[B, K]``."""
+    text = _text_softmax(maps, prompt_length)  # [B, H, W, L−2]
+    subject_maps = _combine(text, index_sets, offset=1, what="subject")  # [B, K, H, W]
+    if smooth:
+        subject_maps = gaussian_smooth(subject_maps, kernel_size=kernel_size, sigma=sigma)
+    return subject_maps.amax(dim=(-2, -1))
+
+
+def max_attention_per_subject(
+    maps: torch.Tensor,
+    groups: Sequence[SubjectGroup],
+    *,
+    prompt_length: int | None,
+    smooth: bool = True,
+    kernel_size: int = 3,
+    sigma: float = 0.5,
+) -> torch.Tensor:
+    """A&E activation per subject → ``[B, K]``: ``max_{x} G(Σ_{t∈k} Â_t)(x)``, Â = softmax(100·A[1:L−1]).
+
+    ``prompt_length`` counts BOS and EOS (None = T, diffusers' ``[1:-1]`` slice). Used for the
+    excitation loss and for A&E's refinement thresholds.
+    """
+    return _max_attention(
+        maps,
+        [g.token_indices for g in groups],
+        prompt_length=prompt_length,
+        smooth=smooth,
+        kernel_size=kernel_size,
+        sigma=sigma,
+    )
+
+
+def excitation_loss(
+    maps: torch.Tensor, groups: Sequence[SubjectGroup], *, prompt_length: int | None, smooth: bool = True
+) -> torch.Tensor:
+    """Attend-and-Excite term ``L_exc = max(0, 1 − min_k max Â_k)`` over subject groups → ``[B]``."""
+    if not groups:
+        return _zeros(maps)
+    peak = max_attention_per_subject(maps, groups, prompt_length=prompt_length, smooth=smooth)  # [B, K]
+    return (1.0 - peak.amin(dim=-1)).clamp_min(0.0)
+
+
+def attend_excite_loss(
+    maps: torch.Tensor,
+    token_indices: Sequence[int],
+    *,
+    prompt_length: int | None,
+    smooth: bool = True,
+    sigma: float = 0.5,
+    kernel_size: int = 3,
+) -> torch.Tensor:
+    """diffusers' A&E loss per image → ``[B]``: ``max_t max(0, 1 − max_x G(Â_t)(x))``.
+
+    Equals ``_compute_loss(_compute_max_attention_per_index(maps[b], token_indices))`` of
+    ``StableDiffusionAttendAndExcitePipeline`` for every b when ``prompt_length=None`` (diffusers
+    slices ``[1:-1]``); with the prompt's length it uses the original A&E slice ``[1:L−1]``.
+    """
+    if len(token_indices) == 0:  # no subjects: nothing to excite
+        return _zeros(maps)
+    peak = _max_attention(
+        maps,
+        [[int(i)] for i in token_indices],
+        prompt_length=prompt_length,
+        smooth=smooth,
+        kernel_size=kernel_size,
+        sigma=sigma,
+    )  # [B, K]
+    return (1.0 - peak).clamp_min(0.0).amax(dim=-1)
+
+
+def _jensen_shannon(p: torch.Tensor, q: torch.Tensor, *, eps: float = 1e-12) -> torch.Tensor:
+    """JSD between spatial distributions ``[..., H, W]`` (natural log) → ``[...]``."""
+    mid = 0.5 * (p + q)
+
+    def kl(a: torch.Tensor) -> torch.Tensor:
+        return (a * (torch.log(a.clamp_min(eps)) - torch.log(mid.clamp_min(eps)))).sum(dim=(-2, -1))
+
+    return 0.5 * kl(p) + 0.5 * kl(q)
+
+
+def _divide_bind_parts(
+    maps: torch.Tensor, groups: Sequence[SubjectGroup], *, prompt_length: int | None, smooth: bool = True
+) -> dict[str, torch.Tensor]:
+    """Divide & Bind terms ``{"attendance": [B], "binding": [B]}`` on A&E-normalised maps."""
+    if not groups:
+        return {"attendance": _zeros(maps), "binding": _zeros(maps)}
+    text = _text_softmax(maps, prompt_length)  # [B, H, W, L−2]
+    subjects = _combine(text, [g.token_indices for g in groups], offset=1, what="subject")  # [B, K, H, W]
+    if smooth:
+        subjects = gaussian_smooth(subjects)
+    attendance = -total_variation(subjects).amin(dim=-1)  # the least-spread-out subject drives it
+    bound = [k for k, g in enumerate(groups) if g.attribute_indices]
+    if not bound:
+        return {"attendance": attendance, "binding": _zeros(maps)}
+    attributes = _combine(text, [groups[k].attribute_indices for k in bound], offset=1, what="attribute")
+    if smooth:
+        attributes = gaussian_smooth(attributes)
+    nouns = subjects[:, torch.tensor(bound, device=maps.device)]  # [B, K', H, W]
+    binding = _jensen_shannon(normalise(nouns), normalise(attributes)).mean(dim=-1)
+    return {"attendance": attendance, "binding": binding}
+
+
+def divide_bind_loss(
+    maps: torch.Tensor,
+    groups: Sequence[SubjectGroup],
+    *,
+    prompt_length: int | None,
+    weights: Mapping[str, float] | None = None,
+) -> torch.Tensor:
+    """Divide & Bind → ``[B]``: ``w_a·L_attend + w_b·L_bind``.
+
+    Â as in A&E (softmax(100·A[1:L−1]) over tokens, Gaussian smoothing), summed per group.
+    ``L_attend = −min_k TV(Â_k)`` (maximise the total variation of the worst subject, so each
+    subject's attention forms distinct high-contrast regions); ``L_bind`` = mean over groups with
+    attributes of ``JSD(Â_noun/ΣÂ_noun ‖ Â_adj/ΣÂ_adj)``. Weights default to
+    ``DEFAULT_WEIGHTS["divide-bind"]``.
+    """
+    total, _ = guidance_loss("divide-bind", maps, groups, prompt_length=prompt_length, weights=weights)
+    return total
+
+
+def _box_tensor(boxes: Any, groups: Sequence[SubjectGroup], batch: int, device: torch.device) -> tuple[list[int], torch.Tensor]:
+    """Resolve ``boxes`` to (indices of boxed groups, boxes ``[B, K', 4]``), validated on the host."""
+    if isinstance(boxes, Mapping):
+        lookup: dict[str, int] = {}
+        for k, group in enumerate(groups):
+            for name in {group.name, *group.name.split("/")}:
+                lookup[name] = k
+        chosen: dict[int, tuple[float, ...]] = {}
+        for name, box in boxes.items():
+            if name not in lookup:
+                raise ValueError(f"boxes has subject {name!r}, which is not a subject; expected one of {sorted(lookup)}")
+            values = tuple(float(v) for v in box)
+            if len(values) != 4 or not (0 <= values[0] < values[2] <= 1 and 0 <= values[1] < values[3] <= 1):
+                raise ValueError(
+                    f"boxes[{name!r}]={tuple(box)!r} is invalid; expected (x0, y0, x1, y1) with 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1"
+                )
+            chosen[lookup[name]] = values
+        indices = sorted(chosen)
+        table = torch.tensor([chosen[k] for k in indices], dtype=torch.float32).reshape(-1, 4)
+        return indices, table.to(device).expand(batch, -1, -1)
+    if isinstance(boxes, torch.Tensor):
+        if boxes.ndim == 2:
+            boxes = boxes.unsqueeze(0).expand(batch, -1, -1)
+        if boxes.ndim != 3 or boxes.shape[-1] != 4 or boxes.shape[1] != len(groups) or boxes.shape[0] != batch:
+            raise ValueError(
+                f"boxes has shape {tuple(boxes.shape)}; expected [{len(groups)}, 4] or [{batch}, {len(groups)}, 4]"
+            )
+        return list(range(len(groups))), boxes.to(device=device, dtype=torch.float32)
+    raise ValueError(f"boxes has type {type(boxes).__name__}; expected a dict {{subject: (x0, y0, x1, y1)}} or a tensor [K, 4]")
+
+
+def box_loss(maps: torch.Tensor, groups: Sequence[SubjectGroup], boxes: Any) -> torch.Tensor:
+    """Layout guidance (Chen et al.) → ``[B]``: ``Σ_i (1 − Σ A_i·box_i / Σ A_i)²`` over boxed subjects.
+
+    ``boxes``: ``{subject name (or one synonym): (x0, y0, x1, y1)}`` in [0, 1] image coordinates
+    (subjects without a box are not constrained), or a tensor ``[K, 4]`` / ``[B, K, 4]`` in group
+    order. Pixels partly inside a box count by the covered fraction.
+    """
+    _check_maps(maps)
+    indices, table = _box_tensor(boxes, groups, maps.shape[0], maps.device)
+    if not indices:
+        return _zeros(maps)
+    subject_maps = group_maps(maps, [groups[k] for k in indices])  # [B, K', H, W]
+    inside = mass_in_box(subject_maps, table)  # [B, K']
+    return ((1.0 - inside) ** 2).sum(dim=-1)
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction={reduction!r} is invalid; expected 'mean' or 'sum'")
+
+
+def guidance_loss(
+    method: str,
+    maps: torch.Tensor,
+    groups: Sequence[SubjectGroup],
+    *,
+    prompt_length: int | None,
+    boxes: Any = None,
+    weights: Mapping[str, float] | None = None,
+    isolation_distance: str = "euclidean",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The latent-update objective of ``method`` → ``(total [B], parts {term: [B]})``.
+
+    ``total = Σ_term weight·part`` with ``DEFAULT_WEIGHTS[method]`` updated by ``weights``; terms
+    of weight 0 are skipped (absent from ``parts``). ait2i: isolation, aggregation (Σ over
+    subjects), excitation, attribute (Σ). attend-excite: excitation. divide-bind: attendance,
+    binding. layout: box (``boxes`` required) and the ait2i terms with their layout weights.
+    """
+    if method not in DEFAULT_WEIGHTS:
+        raise ValueError(f"method={method!r} is unknown; expected one of {list(METHODS)}")
+    chosen = dict(DEFAULT_WEIGHTS[method])
+    for key, value in (weights or {}).items():
+        if key not in chosen:
+            raise ValueError(f"weights has term {key!r}, unknown for method {method!r}; expected some of {sorted(chosen)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"weights[{key!r}]={value!r} is invalid; expected a finite number")
+        chosen[key] = float(value)
+    if method == "layout" and boxes is None:
+        raise ValueError("boxes is None; method 'layout' needs a box per constrained subject")
+    if method != "layout" and boxes is not None:
+        raise ValueError(f"boxes were given but method={method!r} ignores them; use method 'layout'")
+    _check_maps(maps)
+
+    parts: dict[str, torch.Tensor] = {}
+    active = {key for key, value in chosen.items() if value != 0.0}
+    if "isolation" in active:
+        parts["isolation"] = isolation_loss(maps, groups, distance=isolation_distance)
+    if "aggregation" in active:
+        parts["aggregation"] = aggregation_loss(maps, groups, reduction="sum")
+    if "excitation" in active:
+        parts["excitation"] = excitation_loss(maps, groups, prompt_length=prompt_length)
+    if "attribute" in active:
+        parts["attribute"] = attribute_loss(maps, groups, reduction="sum")
+    if active & {"attendance", "binding"}:
+        divide_bind = _divide_bind_parts(maps, groups, prompt_length=prompt_length)
+        parts.update({key: divide_bind[key] for key in ("attendance", "binding") if key in active})
+    if "box" in active:
+        parts["box"] = box_loss(maps, groups, boxes)
+
+    total = _zeros(maps)
+    for key, part in parts.items():
+        total = total + chosen[key] * part
+    return total, parts

@@ -1,0 +1,370 @@
+"""Prompt subjects → token groups: which attention maps belong to which subject and its attributes.
+
+``resolve_subjects("a small red cat chasing a hedgehog", ["cat", "hedgehog"], tokenizer)`` maps
+each subject word or phrase to the token positions it occupies in the pipeline's own
+tokenisation (BOS = 0), gathering multi-token words ("hedgehog" → several BPE tokens), synonyms
+(``[["cat", "kitten"], ...]``) and repeated mentions into one group, and binds the adjectives of
+each mention's noun phrase ("small", "red") as its attributes — never the article before it.
+
+Words are aligned to tokens through the tokenizer's character offsets when it has them (fast
+tokenizers), otherwise by tokenising the prompt piece by piece (slow CLIP tokenizers), with a
+prefix-tokenisation fallback. Noun and attribute detection is a small built-in heuristic
+(determiner/adjective chains, boundary words, a lexicon of colours, sizes and materials); it
+needs no parser, so results do not depend on what else is installed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SubjectGroup", "count_prompt_tokens", "resolve_subjects"]
+
+# Pieces as CLIP's pre-tokenizer splits text: contractions, letter runs, single digits, other symbols.
+_PIECE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+", re.IGNORECASE)
+
+_DETERMINERS = frozenset(
+    "a an the this that these those some several many few any each every another no both all "
+    "my your his her its our their one two three four five six seven eight nine ten eleven twelve "
+    "dozen pair couple".split()
+)
+_PREPOSITIONS = frozenset(
+    "of on in at by to from into onto inside outside across along around between among against "
+    "toward towards through beneath beside besides behind below above under underneath over near "
+    "next atop upon within without for like after before during amid via".split()
+)
+_CONJUNCTIONS = frozenset("and or but nor plus while as than then".split())
+_PRONOUNS = frozenset("it they them he she him we us you i itself themselves which who whom whose what".split())
+_AUXILIARIES = frozenset("is are was were be been being am has have had does do did looks look looking seems".split())
+_ADVERBS = frozenset("very really quite extremely slightly rather too so".split())
+_FUNCTION_WORDS = _DETERMINERS | _PREPOSITIONS | _CONJUNCTIONS | _PRONOUNS | _AUXILIARIES | _ADVERBS | {"with"}
+
+# Describing words bound to a noun after "is" or "with … fur", and the -ed/-ing words that are adjectives.
+_COLOURS = frozenset(
+    "red orange yellow green blue purple pink brown gray grey black white golden silver gold beige "
+    "cyan magenta violet turquoise teal navy maroon crimson scarlet ivory tan khaki lime olive "
+    "colorful colourful multicolored multicoloured transparent dark light pale bright".split()
+)
+_ADJECTIVES = _COLOURS | frozenset(
+    "big small large tiny huge little giant tall short long wide narrow thin thick fat round square "
+    "wooden metal metallic glass plastic stone marble leather woolen woollen furry fluffy shiny "
+    "striped spotted checkered dotted polka plaid floral patterned painted knitted colored coloured "
+    "old new young ancient modern cute happy sad angry sleepy fuzzy hairy smooth rough wet dry "
+    "cracked broken rusty curly spiky soft hard fluffy ornate sparkling glowing shining".split()
+)
+# "a cat with white fur": adjectives before one of these after "with" describe the subject itself.
+_BODY_PARTS = frozenset(
+    "fur hair feathers feather skin coat eyes wings wing stripes spots scales shell petals leaves "
+    "mane tail paws body fins horns horn ears beak".split()
+)
+# "a photo of …": these head a phrase that frames the subject rather than being one.
+_FRAMING = frozenset(
+    "photo photograph picture image painting drawing illustration sketch render rendering portrait "
+    "closeup view shot scene style watercolor watercolour oil".split()
+)
+_MAX_ATTRIBUTE_CHAIN = 4  # adjectives considered before a noun
+
+
+@dataclass(frozen=True)
+class SubjectGroup:
+    """One subject of a prompt: its token positions (BOS = 0), its attribute tokens and its mentions."""
+
+    name: str  # e.g. "cat" or "cat/kitten"
+    token_indices: tuple[int, ...]  # every token of every mention, ascending
+    attribute_indices: tuple[int, ...] = ()  # adjective/colour tokens bound to the subject
+    mention_spans: tuple[tuple[int, ...], ...] = ()  # token positions per mention; () = one mention
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"SubjectGroup name={self.name!r} is invalid; expected a non-empty string")
+        tokens = _positions(self.token_indices, f"SubjectGroup {self.name!r} token_indices")
+        if not tokens:
+            raise ValueError(f"SubjectGroup {self.name!r} has no token_indices; expected at least one token position")
+        attributes = _positions(self.attribute_indices, f"SubjectGroup {self.name!r} attribute_indices")
+        if set(attributes) & set(tokens):
+            raise ValueError(f"SubjectGroup {self.name!r} attribute_indices {attributes} overlap its token_indices {tokens}")
+        spans = tuple(_positions(span, f"SubjectGroup {self.name!r} mention span") for span in self.mention_spans)
+        if not spans:
+            spans = (tokens,)
+        if sorted(i for span in spans for i in span) != list(tokens):
+            raise ValueError(f"SubjectGroup {self.name!r} mention_spans {spans} do not partition token_indices {tokens}")
+        object.__setattr__(self, "token_indices", tokens)
+        object.__setattr__(self, "attribute_indices", attributes)
+        object.__setattr__(self, "mention_spans", spans)
+
+
+def _positions(values: Any, what: str) -> tuple[int, ...]:
+    """Validate token positions (integers >= 1, no repeats) and return them ascending."""
+    values = tuple(values)
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values) or len(set(values)) != len(values):
+        raise ValueError(f"{what}={values!r} is invalid; expected distinct token positions >= 1 (0 is BOS)")
+    return tuple(sorted(values))
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """A pre-tokenizer piece of the prompt with its character span and token positions."""
+
+    text: str  # lower-cased
+    start: int
+    end: int
+    tokens: tuple[int, ...]
+
+    @property
+    def is_word(self) -> bool:
+        return self.text.isalpha()
+
+
+def _input_ids(tokenizer: Any, text: str, **kwargs: Any) -> list[int]:
+    encoding = tokenizer(text, **kwargs)
+    ids = encoding["input_ids"] if isinstance(encoding, dict) or hasattr(encoding, "keys") else encoding.input_ids
+    return list(ids)
+
+
+def count_prompt_tokens(prompt: str, tokenizer: Any) -> int:
+    """Number of tokens of ``prompt`` with BOS and EOS and without padding (``prompt_length`` of the losses)."""
+    return len(_input_ids(tokenizer, prompt))
+
+
+def _token_limit(tokenizer: Any, max_length: int | None) -> int | None:
+    limit = max_length if max_length is not None else getattr(tokenizer, "model_max_length", None)
+    if limit is None or limit > 100_000:  # transformers' "no limit" sentinel is ~1e30
+        return None
+    return int(limit)
+
+
+def _leading_specials(full: list[int], content: list[int]) -> int:
+    """Number of special tokens (BOS) in front of the prompt's own tokens."""
+    for offset in range(0, len(full) - len(content) + 1):
+        if full[offset : offset + len(content)] == content:
+            return offset
+    raise ValueError("tokenizer output with special tokens does not contain its output without them; cannot align")
+
+
+def _pieces_from_offsets(prompt: str, tokenizer: Any, spans: list[tuple[int, int]]) -> list[tuple[int, ...]] | None:
+    """Token positions per piece from the tokenizer's character offsets, or None without offsets."""
+    try:
+        encoding = tokenizer(prompt, return_offsets_mapping=True)
+        offsets = list(encoding["offset_mapping"])
+    except (TypeError, ValueError, KeyError, NotImplementedError, AttributeError):
+        return None
+    if len(offsets) != len(_input_ids(tokenizer, prompt)):
+        return None
+    owned: list[list[int]] = [[] for _ in spans]
+    for position, (start, end) in enumerate(offsets):
+        if end <= start:  # special tokens have empty spans
+            continue
+        for index, (piece_start, piece_end) in enumerate(spans):
+            if piece_start <= start < piece_end:
+                owned[index].append(position)
+                break
+    return [tuple(p) for p in owned]
+
+
+def _pieces_from_tokenising(prompt: str, tokenizer: Any, spans: list[tuple[int, int]]) -> list[tuple[int, ...]]:
+    """Token positions per piece by tokenising piece by piece (checked), else by prefixes."""
+    full = _input_ids(tokenizer, prompt)
+    content = _input_ids(tokenizer, prompt, add_special_tokens=False)
+    first = _leading_specials(full, content)
+    counts = [len(_input_ids(tokenizer, prompt[s:e], add_special_tokens=False)) for s, e in spans]
+    pieces_ids = [i for s, e in spans for i in _input_ids(tokenizer, prompt[s:e], add_special_tokens=False)]
+    if pieces_ids != content:  # the tokenizer merges across pieces: count tokens of growing prefixes
+        ends = [len(_input_ids(tokenizer, prompt[:e], add_special_tokens=False)) for _, e in spans]
+        if ends != sorted(ends) or (ends and ends[-1] != len(content)):
+            raise ValueError(f"prompt {prompt!r} cannot be aligned word by word with this tokenizer's tokens")
+        counts = [b - a for a, b in zip([0, *ends[:-1]], ends)]
+    owned, cursor = [], first
+    for count in counts:
+        owned.append(tuple(range(cursor, cursor + count)))
+        cursor += count
+    return owned
+
+
+def _split_prompt(prompt: str, tokenizer: Any) -> list[_Piece]:
+    """The prompt's pieces (words, digits, punctuation) with the token positions of each."""
+    matches = list(_PIECE.finditer(prompt))
+    spans = [m.span() for m in matches]
+    owned = _pieces_from_offsets(prompt, tokenizer, spans)
+    if owned is None:
+        owned = _pieces_from_tokenising(prompt, tokenizer, spans)
+    return [_Piece(m.group().lower(), m.start(), m.end(), tokens) for m, tokens in zip(matches, owned)]
+
+
+def _phrase_words(phrase: str) -> list[str]:
+    return [m.group().lower() for m in _PIECE.finditer(phrase)]
+
+
+def _find_mentions(pieces: list[_Piece], phrase: list[str]) -> list[tuple[int, int]]:
+    """Piece ranges [start, end) where ``phrase`` occurs; a plural ("cats", "boxes") also counts."""
+    texts = [p.text for p in pieces]
+    n = len(phrase)
+
+    def matches(variant: list[str]) -> list[tuple[int, int]]:
+        return [(i, i + n) for i in range(len(texts) - n + 1) if texts[i : i + n] == variant]
+
+    found = matches(phrase)
+    if not found and phrase and phrase[-1].isalpha():
+        for suffix in ("s", "es"):
+            found += matches(phrase[:-1] + [phrase[-1] + suffix])
+    return sorted(found)
+
+
+def _is_verb_form(word: str) -> bool:
+    """-ing / -ed words that are not known adjectives ("sitting", "parked"; not "striped", "red")."""
+    if word in _ADJECTIVES:
+        return False
+    return (len(word) > 4 and word.endswith("ing")) or (len(word) > 4 and word.endswith("ed")) or word.endswith("ly")
+
+
+def _attributes_of(pieces: list[_Piece], start: int, end: int, taken: set[int]) -> list[int]:
+    """Piece indices of the words describing the mention pieces[start:end]."""
+    found: list[int] = []
+    # 1. Adjective chain before the noun, inside its noun phrase: "a small red-ish cat".
+    j, chain = start - 1, 0
+    while j >= 0 and chain < _MAX_ATTRIBUTE_CHAIN:
+        piece = pieces[j]
+        if piece.text == "-" and j > 0 and pieces[j - 1].is_word:  # hyphenated modifier: "dark-blue"
+            j -= 1
+            continue
+        if not piece.is_word or piece.text in _FUNCTION_WORDS or j in taken or _is_verb_form(piece.text):
+            break
+        found.append(j)
+        chain += 1
+        j -= 1
+    # 2. Predicative: "a cat that is black and white", "the cat is red".
+    k = end
+    if k < len(pieces) and pieces[k].text in ("that", "which", "who"):
+        k += 1
+    if k < len(pieces) and pieces[k].text in _AUXILIARIES:
+        k += 1
+        while k < len(pieces) and pieces[k].text in _ADVERBS:
+            k += 1
+        while k < len(pieces) and pieces[k].text in _ADJECTIVES and k not in taken:
+            found.append(k)
+            k += 1
+            if k + 1 < len(pieces) and pieces[k].text in ("and", ",") and pieces[k + 1].text in _ADJECTIVES:
+                k += 1
+    # 3. "with" + adjectives + a body part: "a bird with blue wings" binds "blue".
+    k = end
+    if k < len(pieces) and pieces[k].text == "with":
+        adjectives = []
+        k += 1
+        while k < len(pieces) and pieces[k].text in _ADJECTIVES and k not in taken:
+            adjectives.append(k)
+            k += 1
+        if adjectives and k < len(pieces) and pieces[k].text in _BODY_PARTS:
+            found.extend(adjectives)
+    return sorted(set(found))
+
+
+def _auto_subjects(pieces: list[_Piece]) -> list[str]:
+    """Nouns of the prompt by a light heuristic: heads of determiner/adjective chains before a boundary."""
+    nouns: list[str] = []
+    for i, piece in enumerate(pieces):
+        word = piece.text
+        if not piece.is_word or word in _FUNCTION_WORDS or word in _ADJECTIVES or _is_verb_form(word):
+            continue
+        following = pieces[i + 1].text if i + 1 < len(pieces) else None
+        boundary = (
+            following is None
+            or not pieces[i + 1].is_word
+            or following in _FUNCTION_WORDS
+            or following in ("that", "which", "who")
+            or _is_verb_form(following)
+        )
+        if not boundary or (word in _FRAMING and following == "of") or word == "background":
+            continue
+        # Walk left over modifiers to a determiner, number, boundary word or the start of the prompt.
+        j, chain = i - 1, 0
+        while j >= 0 and chain < _MAX_ATTRIBUTE_CHAIN and pieces[j].is_word and pieces[j].text not in _FUNCTION_WORDS:
+            if _is_verb_form(pieces[j].text):
+                break
+            j, chain = j - 1, chain + 1
+        if chain < _MAX_ATTRIBUTE_CHAIN and word not in nouns:
+            nouns.append(word)
+    return nouns
+
+
+def _normalise_request(subjects: Any) -> list[list[str]]:
+    """Subjects as lists of synonym phrases, validated."""
+    if isinstance(subjects, str):
+        subjects = [subjects]
+    if not isinstance(subjects, Sequence):
+        raise ValueError(f"subjects={subjects!r} is invalid; expected 'auto', a list of words/phrases or of synonym lists")
+    request = []
+    for entry in subjects:
+        synonyms = [entry] if isinstance(entry, str) else entry
+        if not isinstance(synonyms, Sequence) or not synonyms or not all(isinstance(s, str) and s.strip() for s in synonyms):
+            raise ValueError(f"subject {entry!r} is invalid; expected a non-empty word/phrase or a list of them")
+        request.append([s.strip() for s in synonyms])
+    return request
+
+
+def resolve_subjects(
+    prompt: str, subjects: Any, tokenizer: Any, *, max_length: int | None = None
+) -> list[SubjectGroup]:
+    """Token groups of ``subjects`` in ``prompt`` as tokenised by the pipeline's ``tokenizer``.
+
+    ``subjects``: None or [] → no groups; ``"auto"`` → the prompt's nouns (built-in heuristic);
+    a list of words/phrases (``["cat", "teddy bear"]``) and/or synonym lists (``[["cat", "kitten"]]``,
+    named ``"cat/kitten"``; at least one synonym must occur). Any other string is one subject.
+    Groups keep the requested order. Raises ValueError when a subject is missing from the prompt,
+    two subjects share tokens, or the prompt has more tokens (BOS/EOS included) than ``max_length``
+    (default ``tokenizer.model_max_length``).
+    """
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"prompt={prompt!r} is invalid; expected a non-empty string")
+    limit = _token_limit(tokenizer, max_length)
+    length = count_prompt_tokens(prompt, tokenizer)
+    if limit is not None and length > limit:
+        raise ValueError(
+            f"prompt has {length} tokens (BOS/EOS included) but the tokenizer limit is {limit}: {prompt[:60]!r}…; shorten it"
+        )
+    if subjects is None or (not isinstance(subjects, str) and isinstance(subjects, Sequence) and len(subjects) == 0):
+        return []
+    pieces = _split_prompt(prompt, tokenizer)
+    if isinstance(subjects, str) and subjects == "auto":
+        nouns = _auto_subjects(pieces)
+        if not nouns:
+            raise ValueError(f"subjects='auto' found no nouns in prompt {prompt!r}; name the subjects explicitly")
+        request = [[noun] for noun in nouns]
+    else:
+        request = _normalise_request(subjects)
+
+    mentions: list[list[tuple[int, int]]] = []
+    for synonyms in request:
+        found = sorted({m for phrase in synonyms for m in _find_mentions(pieces, _phrase_words(phrase))})
+        if not found:
+            words = " ".join(p.text for p in pieces if p.is_word)
+            raise ValueError(
+                f"subject {'/'.join(synonyms)!r} not found in prompt {prompt!r}; expected one of its words or phrases ({words})"
+            )
+        mentions.append(found)
+
+    owner: dict[int, int] = {}  # piece index → subject index
+    for k, found in enumerate(mentions):
+        for start, end in found:
+            for j in range(start, end):
+                if j in owner and owner[j] != k:
+                    raise ValueError(
+                        f"subjects {'/'.join(request[owner[j]])!r} and {'/'.join(request[k])!r} share the word "
+                        f"{pieces[j].text!r} in prompt {prompt!r}; expected disjoint subjects"
+                    )
+                owner[j] = k
+
+    groups = []
+    for k, found in enumerate(mentions):
+        spans = tuple(tuple(t for j in range(s, e) for t in pieces[j].tokens) for s, e in found)
+        attribute_pieces = sorted({a for s, e in found for a in _attributes_of(pieces, s, e, set(owner))})
+        attributes = tuple(t for a in attribute_pieces for t in pieces[a].tokens)
+        groups.append(
+            SubjectGroup(
+                name="/".join(request[k]),
+                token_indices=tuple(sorted(t for span in spans for t in span)),
+                attribute_indices=attributes,
+                mention_spans=spans,
+            )
+        )
+    return groups
