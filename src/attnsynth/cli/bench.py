@@ -5,3 +5,45 @@ from __future__ import annotations
 import typer
 
 app = typer.Typer(help="Benchmarks with side-by-side ratios.", no_args_is_help=True)
+
+
+@app.command("toy-t2i")
+def toy_t2i_command(
+    prompts: int = typer.Option(8, "--prompts", help="Held-out prompts per subject count."),
+    seeds: int = typer.Option(2, "--seeds", help="Sampling seeds per prompt."),
+    methods: str = typer.Option("none,attend-excite,divide-bind,ait2i", "--methods", help="Comma list: none, attend-excite, divide-bind, ait2i."),
+    subjects: str = typer.Option("1,2,3,4", "--subjects", help="Comma list of subject counts (1–4)."),
+    steps: int = typer.Option(None, "--steps", help="Sampling steps (default: the model's recommended)."),
+    guided_steps: int = typer.Option(None, "--guided-steps", help="Guided steps (default: the model's recommended)."),
+    model: str = typer.Option(None, "--model", help="Pipeline directory (default: the shipped shapes-world model)."),
+    device: str = typer.Option(None, "--device", help="torch device (default cpu)."),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON instead of a table."),
+) -> None:
+    """Attention guidance on the shipped shapes-world model: oracle rates per method and #subjects."""
+    import json
+    from dataclasses import replace
+
+    import torch
+    from rich.console import Console
+
+    from attnsynth.toyworld.t2i_bench import BenchConfig, parse_counts, parse_methods, results_table, run_benchmark
+    from attnsynth.toyworld.t2i_model import load_t2i_pipeline
+
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    config = BenchConfig(n_prompts=prompts, n_seeds=seeds, methods=parse_methods(methods), subject_counts=parse_counts(subjects))
+    if steps is not None:
+        config = replace(config, num_inference_steps=steps, guided_steps=min(config.guided_steps, steps // 2))
+    if guided_steps is not None:
+        config = replace(config, guided_steps=guided_steps)
+    pipe = load_t2i_pipeline(model, device=device)
+    console = Console(stderr=True)
+    with console.status("generating…") as status:
+        results = run_benchmark(pipe, config, on_batch=lambda m, n, s: status.update(f"{m}: {n} subject(s), seed {s} done"))
+    if json_out:
+        typer.echo(json.dumps(results, indent=2))
+    else:
+        Console().print(results_table(results))

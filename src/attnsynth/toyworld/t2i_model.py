@@ -49,7 +49,7 @@ class ToyT2IConfig:
     text_hidden: int = 96  # CLIPTextModel width
     text_layers: int = 3
     text_heads: int = 4
-    vae_channels: tuple[int, ...] = (16, 32, 64)  # two downsamplings: 64² → 16²
+    vae_channels: tuple[int, ...] = (8, 16, 32)  # two downsamplings: 64² → 16²
     latent_channels: int = 4
     unet_channels: tuple[int, ...] = (32, 64, 128)  # grids 16², 8², 4²
     unet_layers_per_block: int = 1
@@ -143,8 +143,9 @@ def learn_merges(words: Iterable[str]) -> list[tuple[str, str]]:
 def build_tokenizer(words: Iterable[str], *, max_length: int = 32):
     """A CLIPTokenizer in which every grammar word is a single token (with and without ``</w>``).
 
-    The vocabulary also holds a-z and 0-9 (with and without ``</w>``) so unseen words still
-    tokenize, character by character, instead of collapsing to the unknown token.
+    The vocabulary also holds a-z, 0-9 and common punctuation (with and without ``</w>``), so the
+    captions' commas are tokens and unseen words still tokenize character by character instead
+    of collapsing to the unknown token.
     """
     from transformers import CLIPTokenizer
 
@@ -160,7 +161,7 @@ def build_tokenizer(words: Iterable[str], *, max_length: int = 32):
 
     for token in (BOS_TOKEN, EOS_TOKEN):
         add(token)
-    for char in "abcdefghijklmnopqrstuvwxyz0123456789":
+    for char in "abcdefghijklmnopqrstuvwxyz0123456789,.;:!?'-":
         add(char)
         add(char + END_OF_WORD)
     for left, right in merges:

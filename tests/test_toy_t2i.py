@@ -1,0 +1,148 @@
+"""The shapes-world text-to-image model: tokenizer, shipped checkpoint, guided generation, trainer resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from attnsynth.toyworld import shapes
+from attnsynth.toyworld.t2i_model import (
+    ASSET_DIR,
+    DEFAULTS_FILE,
+    TINY_CONFIG,
+    TOY_T2I_DEFAULTS,
+    ToyT2IConfig,
+    build_tokenizer,
+    learn_merges,
+    load_t2i_pipeline,
+)
+from attnsynth.toyworld.t2i_train import TrainConfig, load_optimizer, save_optimizer, train_t2i
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_t2i_pipeline()
+
+
+def _assert_words_are_single_tokens(tokenizer, words):
+    vocab = tokenizer.get_vocab()
+    for word in words:
+        assert tokenizer.tokenize(word) == [word + "</w>"], word
+        assert word in vocab and word + "</w>" in vocab, word
+
+
+def test_tokenizer_makes_every_grammar_word_one_token():
+    tokenizer = build_tokenizer(shapes.vocabulary())
+    _assert_words_are_single_tokens(tokenizer, shapes.vocabulary())
+    ids = tokenizer("a red circle, a blue box")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert len(ids) == 2 + 7 and tokenizer.unk_token_id not in ids[1:-1]  # the comma is a token, not unknown
+
+
+def test_merges_keep_overlapping_words_whole():
+    # "re"/"ed" are inner pairs of "red"/"green": greedy left-to-right merges would split them.
+    words = ["red", "green", "ed", "re", "reed", "e"]
+    assert learn_merges(["ab"]) == [("a", "b</w>")]
+    _assert_words_are_single_tokens(build_tokenizer(words), words)
+
+
+def test_bad_configs_are_rejected():
+    with pytest.raises(ValueError, match="resolution"):
+        ToyT2IConfig(resolution=60)
+    with pytest.raises(ValueError, match="stage"):
+        TrainConfig(stage="gan")
+    with pytest.raises(ValueError, match="overlap"):
+        TrainConfig(train_seed_start=0, train_seed_count=100, eval_seed_start=50)
+    with pytest.raises(ValueError, match="vocabulary"):
+        build_tokenizer(["red", "two words"])
+
+
+def test_shipped_checkpoint_loads_offline(shipped):
+    _assert_words_are_single_tokens(shipped.tokenizer, shapes.vocabulary())
+    assert shipped.safety_checker is None and shipped.feature_extractor is None
+    assert shipped.unet.dtype == torch.float32
+    assert shipped.vae_scale_factor * shipped.unet.config.sample_size == TOY_T2I_DEFAULTS["height"]
+    assert json.loads((ASSET_DIR / DEFAULTS_FILE).read_text()) == shipped.attnsynth_defaults
+    size = sum(p.stat().st_size for p in ASSET_DIR.rglob("*") if p.is_file())
+    assert size <= 20 * 2**20
+
+
+def test_guided_generation_on_shipped_model_and_oracle(shipped):
+    from attnsynth.t2i.pipeline_sd import AttentionGuidedStableDiffusionPipeline
+
+    prompt, spec = shapes.sample_prompt(20_000_000, 2)
+    guided = AttentionGuidedStableDiffusionPipeline.from_pipe(shipped)
+    out = guided(prompt, num_inference_steps=4, guided_steps=2, method="ait2i", subjects=[s.noun for s in spec.subjects],
+                 attention_res=tuple(TOY_T2I_DEFAULTS["attention_res"]), generator=torch.Generator().manual_seed(0), output_type="np")
+    assert out.images.shape == (1, 64, 64, 3)
+    assert torch.isfinite(out.losses["total"]).all() and out.losses["total"].shape[0] == 2
+    image = (out.images[0] * 255).round().astype(np.uint8)
+    result = shapes.score(image, spec)
+    assert len(result["present"]) == 2 and 0.0 <= result["present_rate"] <= 1.0
+
+
+def test_benchmark_runs_every_method_on_the_same_prompts(shipped):
+    from attnsynth.toyworld.t2i_bench import BenchConfig, benchmark_prompts, results_markdown, run_benchmark
+
+    prompts = benchmark_prompts(3, 4)
+    assert all(len({s.noun for s in spec.subjects}) == 3 for _, spec, _ in prompts)
+    config = BenchConfig(n_prompts=1, n_seeds=1, subject_counts=(2,), methods=("none", "ait2i"), num_inference_steps=3, guided_steps=1)
+    results = run_benchmark(shipped, config)
+    assert set(results["methods"]) == {"none", "ait2i"}
+    for per_n in results["methods"].values():
+        assert per_n["2"]["images"] == 1 and 0.0 <= per_n["2"]["present_rate"] <= 1.0
+    assert results_markdown(results).count("\n") == 2 + 2 * 2 - 1
+    with pytest.raises(ValueError, match="methods"):
+        BenchConfig(methods=("magic",))
+
+
+def _tiny(**overrides):
+    base = dict(steps=2, vae_steps=2, batch_size=2, vae_batch_size=2, warmup_steps=0, vae_warmup_steps=0, lr_schedule="constant",
+                sample_every=0, log_every=1, threads=1, model=TINY_CONFIG)
+    return TrainConfig(**{**base, **overrides})
+
+
+def _tensors(run):
+    d = run / "checkpoints"
+    out = {}
+    for name in ("vae/vae/diffusion_pytorch_model", "unet/unet/diffusion_pytorch_model", "unet/unet_ema/diffusion_pytorch_model",
+                 "unet/text_encoder/model", "unet/text_encoder_ema/model", "vae/optimizer", "unet/optimizer"):
+        out.update({f"{name}:{k}": v for k, v in load_file(d / f"{name}.safetensors").items()})
+    return out
+
+
+def test_trainer_resumes_exactly(tmp_path):
+    quiet = lambda _: None  # noqa: E731
+    straight = tmp_path / "straight"
+    train_t2i(straight, _tiny(), device="cpu", echo=quiet)
+    split = tmp_path / "split"
+    train_t2i(split, _tiny(vae_steps=1, steps=0), device="cpu", echo=quiet)  # interrupted after one VAE step
+    train_t2i(split, _tiny(steps=1), resume=True, device="cpu", echo=quiet)  # ... and after one UNet step
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_t2i(split, _tiny(), device="cpu", echo=quiet)
+    trainer = train_t2i(split, _tiny(), resume=True, device="cpu", echo=quiet, export_to=tmp_path / "pipe")
+    a, b = _tensors(straight), _tensors(split)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    states = [json.loads((run / "checkpoints/unet/state.json").read_text()) for run in (straight, split)]
+    assert states[0]["step"] == states[1]["step"] == 2 and states[0]["ema_step"] == states[1]["ema_step"] == 2
+    assert (tmp_path / "pipe" / "model_index.json").is_file() and trainer.config.steps == 2
+    pipe = load_t2i_pipeline(tmp_path / "pipe")
+    assert pipe.unet.config.sample_size == TINY_CONFIG.latent_size
+
+
+def test_optimizer_state_round_trips_without_pickle(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, betas=(0.8, 0.9))
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    save_optimizer(optimizer, tmp_path / "opt.safetensors")
+    fresh = torch.optim.AdamW(model.parameters(), lr=1.0)
+    load_optimizer(fresh, tmp_path / "opt.safetensors")
+    assert fresh.param_groups[0]["lr"] == 0.1 and fresh.param_groups[0]["betas"] == (0.8, 0.9)
+    for p in model.parameters():
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(fresh.state[p][name], optimizer.state[p][name])
