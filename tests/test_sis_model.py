@@ -1,0 +1,273 @@
+"""CA²-SIS model: parameter counts, shapes (square and not), token properties, SPADE baseline, save/load."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from attnsynth.cli import app
+from attnsynth.sis.configs import get_config
+from attnsynth.sis.mapping import MappingNetwork
+from attnsynth.sis.model import (
+    SISModel,
+    build_discriminator,
+    build_model,
+    labels_to_onehot,
+    load_safetensors,
+    parameter_counts,
+    present_classes,
+)
+
+C = 7
+
+
+def _batch(resolution, batch=2, classes=C, absent=()):
+    labels = torch.randint(0, classes, (batch, *resolution))
+    for k in absent:
+        labels[labels == k] = (k + 1) % classes
+    return torch.rand(batch, 3, *resolution) * 2 - 1, labels_to_onehot(labels, classes)
+
+
+def _small(arch="small", resolution=(32, 32), **overrides):
+    return build_model(get_config(arch, num_classes=C, resolution=resolution, **overrides)).eval()
+
+
+# ---- sizes -----------------------------------------------------------------------------------------
+def test_faithful_parameter_counts_match_the_papers_code():
+    counts = parameter_counts(get_config("faithful", num_classes=19, resolution=256))
+    reference = {"style_encoder": 18.07e6, "mask_embedder": 4.19e6, "decoder": 26.7e6, "discriminator": 1.36e6}
+    for name, value in reference.items():
+        assert abs(counts[name] - value) / value < 0.03, (name, counts[name])
+    assert counts["total"] == sum(counts[name] for name in reference)
+
+
+def test_small_config_is_cpu_sized():
+    total = parameter_counts(get_config("small", num_classes=19, resolution=64))["total"]
+    assert 1e6 <= total <= 3e6
+
+
+def test_style_encoder_scales_with_classes():
+    counts = parameter_counts(get_config("faithful", num_classes=151, resolution=256))
+    assert abs(counts["style_encoder"] - 143.6e6) / 143.6e6 < 0.03
+
+
+def test_cli_info_json_reports_every_module():
+    result = CliRunner().invoke(app, ["sis", "info", "--config", "small", "--classes", "5", "--resolution", "64x128", "--json"])
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.output)
+    assert set(counts) == {"style_encoder", "mask_embedder", "decoder", "discriminator", "total"}
+    assert counts == parameter_counts(get_config("small", num_classes=5, resolution=(64, 128)))
+
+
+@pytest.mark.parametrize("bad", [dict(resolution=100), dict(num_classes=1), dict(stage_heads=(8, 8))])
+def test_bad_config_is_a_one_line_value_error(bad):
+    with pytest.raises(ValueError, match="SISConfig"):
+        get_config("faithful", **bad)
+    with pytest.raises(ValueError, match="config name"):
+        get_config("huge")
+
+
+# ---- shapes ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("resolution", [(32, 32), (32, 64), (64, 32)])
+@pytest.mark.parametrize("arch", ["small", "spade-small"])
+def test_shapes_square_and_non_square(arch, resolution):
+    model = _small(arch, resolution)
+    cfg = model.config
+    image, onehot = _batch(resolution)
+    with torch.no_grad():
+        style = model.encode_style(image, onehot)
+        shape = model.embed_shape(onehot)
+        out, logits = model.decode(shape, style, return_attention=True)
+    assert style.shape == (2, C, cfg.style_dim)
+    assert out.shape == (2, 3, *resolution) and out.abs().max() <= 1
+    if arch == "small":
+        assert shape.shape == (2, C, cfg.shape_dim)
+        assert [tuple(x.shape) for x in logits] == [(2, C, h, w) for h, w in cfg.stage_sizes]
+        assert cfg.stage_sizes[-1] == resolution
+    else:  # the SPADE baseline: the shape is the mask itself, and there is no attention
+        assert torch.equal(shape, onehot) and logits == []
+
+
+def test_faithful_512x256_shapes_on_meta_device():
+    cfg = get_config("faithful", num_classes=19, resolution=(512, 256))
+    with torch.device("meta"):
+        model, disc = build_model(cfg), build_discriminator(cfg)
+        image, onehot = torch.empty(1, 3, 512, 256), torch.empty(1, 19, 512, 256)
+        out, logits = model(image, onehot, return_attention=True)
+        scales = disc(out, onehot)
+    assert out.shape == (1, 3, 512, 256)
+    assert [tuple(x.shape[-2:]) for x in logits] == [(32, 16), (64, 32), (128, 64), (256, 128), (512, 256)]
+    assert len(scales) == 2 and all(s[-1].shape[1] == 1 for s in scales) and len(scales[0]) == 4
+
+
+def test_wrong_input_shape_names_the_argument():
+    model = _small()
+    image, onehot = _batch((32, 32))
+    with pytest.raises(ValueError, match="onehot"):
+        model.encode_style(image, onehot[:, :3])
+    with pytest.raises(ValueError, match="image"):
+        model.encode_style(image[..., :16], onehot)
+    with pytest.raises(ValueError, match="style"):
+        model.decode(model.embed_shape(onehot), torch.zeros(2, C, 5))
+
+
+def test_labels_to_onehot_and_range_check():
+    labels = torch.tensor([[[0, 2], [1, 2]]])
+    onehot = labels_to_onehot(labels, 3)
+    assert onehot.shape == (1, 3, 2, 2) and torch.equal(onehot.argmax(1), labels) and torch.all(onehot.sum(1) == 1)
+    assert present_classes(labels_to_onehot(torch.zeros(1, 2, 2, dtype=torch.long), 3)).tolist() == [[True, False, False]]
+    with pytest.raises(ValueError, match="0..2"):
+        labels_to_onehot(labels + 1, 3)
+
+
+# ---- tokens ----------------------------------------------------------------------------------------
+def test_absent_class_gets_the_learned_constant_token():
+    model = _small()
+    with torch.no_grad():
+        for bias in model.style_encoder.proj_bias:
+            bias.normal_()
+        image, onehot = _batch((32, 32), absent=(3,))
+        style = model.encode_style(image, onehot)
+    constant = model.absent_tokens()[3]
+    assert torch.allclose(style[0, 3], constant, atol=1e-6) and torch.allclose(style[1, 3], constant, atol=1e-6)
+    assert not torch.allclose(style[0, 2], model.absent_tokens()[2])  # present classes are not the constant
+
+
+def test_style_groups_stay_class_aligned_through_skip_concatenation():
+    """Perturbing class g's weights in an early decoder level changes only class g's token."""
+    model = _small()
+    image, onehot = _batch((32, 32))
+    with torch.no_grad():
+        before = model.encode_style(image, onehot)
+        conv = model.style_encoder.up[0][0]
+        per_class = conv.out_channels // C
+        g = 1
+        conv.weight[g * per_class:(g + 1) * per_class].add_(0.5)
+        after = model.encode_style(image, onehot)
+    changed = (after - before).abs().amax(dim=(0, 2)) > 1e-6
+    assert changed.tolist() == [c == g for c in range(C)]
+
+
+def test_shape_tokens_are_linear_in_the_mask():
+    model = _small()
+    _, m1 = _batch((32, 32))
+    _, m2 = _batch((32, 32))
+    with torch.no_grad():
+        e1, e2, mix = model.embed_shape(m1), model.embed_shape(m2), model.embed_shape(0.3 * m1 + 0.7 * m2)
+    assert torch.allclose(mix, 0.3 * e1 + 0.7 * e2, atol=1e-5)
+
+
+def test_swapping_a_mask_channel_swaps_its_shape_token():
+    model = _small()
+    _, m1 = _batch((32, 32))
+    _, m2 = _batch((32, 32))
+    k = 4
+    swapped = m1.clone()
+    swapped[:, k] = m2[:, k]
+    with torch.no_grad():
+        e1, e2, es = model.embed_shape(m1), model.embed_shape(m2), model.embed_shape(swapped)
+    expected = e1.clone()
+    expected[:, k] = e2[:, k]
+    assert torch.allclose(es, expected, atol=1e-6)
+
+
+def test_drop_background_removes_one_shape_token():
+    model = _small(drop_background=True)
+    _, onehot = _batch((32, 32))
+    with torch.no_grad():
+        tokens = model.embed_shape(onehot)
+        full = model.mask_embedder.linear(torch.nn.functional.interpolate(onehot, size=model.config.shape_grid).flatten(2))
+        out, logits = model(torch.zeros(2, 3, 32, 32), onehot, return_attention=True)
+    assert tokens.shape[1] == C - 1 and torch.allclose(tokens, full[:, 1:])
+    assert logits[0].shape[1] == C and out.shape == (2, 3, 32, 32)
+
+
+# ---- generator options -----------------------------------------------------------------------------
+def test_sdpa_and_naive_self_attention_agree():
+    torch.manual_seed(1)
+    sdpa = _small()
+    naive = build_model(sdpa.config.replace(attention_impl="naive")).eval()
+    naive.load_state_dict(sdpa.state_dict())
+    _perturb_zero_inits(sdpa, naive)
+    image, onehot = _batch((32, 32))
+    with torch.no_grad():
+        a, la = sdpa(image, onehot, return_attention=True)
+        b, lb = naive(image, onehot, return_attention=True)
+    assert torch.allclose(a, b, atol=1e-5) and all(torch.allclose(x, y, atol=1e-4) for x, y in zip(la, lb))
+
+
+def _perturb_zero_inits(*models):
+    """Zero-initialised output layers would hide the attention path; give them (shared) random values."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, parameter in models[0].named_parameters():
+            if torch.count_nonzero(parameter) == 0 and parameter.ndim > 0:
+                value = torch.randn(parameter.shape, generator=generator) * 0.05
+                for model in models:
+                    dict(model.named_parameters())[name].copy_(value)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(monkeypatch):
+    from attnsynth.sis import generator as generator_module
+
+    monkeypatch.setattr(generator_module, "FF_CHUNK_TOKENS", 300)  # exercise the chunked feed-forward too
+    plain = _small().train()
+    _perturb_zero_inits(plain)
+    checkpointed = build_model(plain.config.replace(gradient_checkpointing=True)).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    image, onehot = _batch((32, 32))
+    grads = []
+    for model in (plain, checkpointed):
+        out, logits = model(image, onehot, return_attention=True)
+        (out.square().mean() + sum(x.mean() for x in logits)).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4) for n in grads[0])
+    plain.set_gradient_checkpointing(True)
+    assert plain.config.gradient_checkpointing and plain.generator.resblocks[0].gradient_checkpointing
+
+
+# ---- persistence -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["small", "spade-small"])
+def test_save_load_round_trip(tmp_path, arch):
+    model = _small(arch, (32, 64))
+    _perturb_zero_inits(model)
+    disc = build_discriminator(model.config)
+    path = tmp_path / "ckpt"
+    model.save_pretrained(path, extra_state_dicts={"discriminator": disc.state_dict()})
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "discriminator.safetensors", "model.safetensors"]
+    loaded = SISModel.from_pretrained(path).eval()
+    assert loaded.config == model.config
+    image, onehot = _batch((32, 64))
+    with torch.no_grad():
+        assert torch.equal(model(image, onehot), loaded(image, onehot))
+    disc2 = load_safetensors(build_discriminator(model.config), path / "discriminator.safetensors")
+    with torch.no_grad():
+        assert torch.equal(disc.eval()(image, onehot)[1][-1], disc2.eval()(image, onehot)[1][-1])
+    with pytest.raises(FileExistsError):
+        model.save_pretrained(path)
+    with pytest.raises(ValueError, match="does not match"):
+        load_safetensors(disc2, path / "model.safetensors")
+
+
+def test_from_pretrained_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        SISModel.from_pretrained(tmp_path / "nope")
+
+
+# ---- mapping network -------------------------------------------------------------------------------
+def test_mapping_network_zeroes_absent_classes():
+    cfg = get_config("small", num_classes=C, resolution=64)
+    mapping = MappingNetwork(cfg)
+    present = torch.ones(3, C, dtype=torch.bool)
+    present[0, 2] = present[2, 5] = False
+    tokens = mapping(torch.randn(3, cfg.mapping_latent_dim), present)
+    assert tokens.shape == (3, C, cfg.style_dim)
+    norms = tokens.abs().amax(-1)
+    assert torch.equal(norms > 0, present)
+    with pytest.raises(ValueError, match="z has shape"):
+        mapping(torch.randn(3, 4), present)
+    model = _small()
+    with torch.no_grad():
+        assert model.decode(model.embed_shape(_batch((32, 32), batch=3)[1]), tokens).shape == (3, 3, 32, 32)
