@@ -8,13 +8,15 @@ each mention's noun phrase ("small", "red") as its attributes — never the arti
 
 Words are aligned to tokens through the tokenizer's character offsets when it has them (fast
 tokenizers), otherwise by tokenising the prompt piece by piece (slow CLIP tokenizers), with a
-prefix-tokenisation fallback. Noun and attribute detection is a small built-in heuristic
-(determiner/adjective chains, boundary words, a lexicon of colours, sizes and materials); it
-needs no parser, so results do not depend on what else is installed.
+prefix-tokenisation fallback. ``subjects="auto"`` takes the nouns from spaCy's tagger when spaCy
+and its ``en_core_web_sm`` model are installed, else from a small built-in heuristic
+(determiner/adjective chains before boundary words). Attributes always come from the built-in
+rules (adjective chains, "is <colour>", "with <colour> fur"), which need no parser.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,6 +67,7 @@ _FRAMING = frozenset(
     "closeup view shot scene style watercolor watercolour oil".split()
 )
 _MAX_ATTRIBUTE_CHAIN = 4  # adjectives considered before a noun
+_SPACY_MODEL = "en_core_web_sm"  # used for subjects="auto" when installed (pip install attnsynth[nlp])
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,37 @@ def _auto_subjects(pieces: list[_Piece]) -> list[str]:
     return nouns
 
 
+@functools.lru_cache(maxsize=1)
+def _load_spacy() -> Any:
+    """spaCy's small English pipeline, loaded once (raises if spaCy or the model is missing)."""
+    import spacy
+
+    return spacy.load(_SPACY_MODEL)
+
+
+def _spacy_nouns(prompt: str) -> list[str] | None:
+    """Nouns by spaCy's tagger when spaCy and ``en_core_web_sm`` are installed, else None.
+
+    Heads only (compound modifiers such as "teddy" in "teddy bear" are skipped), framing
+    words before "of" ("a photo of …") too; lower-cased, first occurrence first.
+    """
+    try:
+        nlp = _load_spacy()
+    except Exception:  # not installed, model not downloaded, incompatible version: use the heuristic
+        return None
+    tokens = list(nlp(prompt))
+    nouns: list[str] = []
+    for i, token in enumerate(tokens):
+        word = token.text.lower()
+        following = tokens[i + 1].text.lower() if i + 1 < len(tokens) else None
+        if token.pos_ not in ("NOUN", "PROPN") or token.dep_ == "compound" or word in nouns:
+            continue
+        if (word in _FRAMING and following == "of") or word == "background":
+            continue
+        nouns.append(word)
+    return nouns
+
+
 def _normalise_request(subjects: Any) -> list[list[str]]:
     """Subjects as lists of synonym phrases, validated."""
     if isinstance(subjects, str):
@@ -319,14 +353,18 @@ def resolve_subjects(
     limit = _token_limit(tokenizer, max_length)
     length = count_prompt_tokens(prompt, tokenizer)
     if limit is not None and length > limit:
+        shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
         raise ValueError(
-            f"prompt has {length} tokens (BOS/EOS included) but the tokenizer limit is {limit}: {prompt[:60]!r}…; shorten it"
+            f"prompt has {length} tokens (BOS/EOS included) but the tokenizer limit is {limit}; shorten it: {shown!r}"
         )
     if subjects is None or (not isinstance(subjects, str) and isinstance(subjects, Sequence) and len(subjects) == 0):
         return []
     pieces = _split_prompt(prompt, tokenizer)
     if isinstance(subjects, str) and subjects == "auto":
-        nouns = _auto_subjects(pieces)
+        nouns = _spacy_nouns(prompt)
+        if nouns is None:
+            nouns = _auto_subjects(pieces)
+        nouns = [noun for noun in nouns if _find_mentions(pieces, _phrase_words(noun))]
         if not nouns:
             raise ValueError(f"subjects='auto' found no nouns in prompt {prompt!r}; name the subjects explicitly")
         request = [[noun] for noun in nouns]
