@@ -36,3 +36,23 @@ def parse_resolution(text: str | int) -> tuple[int, int]:
     if len(values) != 2 or min(values) <= 0:
         raise ValueError(f"resolution {text!r} must be a positive integer or HxW (e.g. 256 or 256x512)")
     return values[0], values[1]
+
+
+def label_palette(num_classes: int) -> np.ndarray:
+    """[num_classes, 3] uint8 colours, the PASCAL VOC bit-interleaving scheme (0 = black)."""
+    colours = np.zeros((num_classes, 3), np.uint8)
+    for index in range(num_classes):
+        value, r, g, b = index, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= ((value >> 0) & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        colours[index] = (r, g, b)
+    return colours
+
+
+def colorize_labels(labels: torch.Tensor | np.ndarray, num_classes: int) -> np.ndarray:
+    """Label map [H, W] → [H, W, 3] uint8 with one colour per class."""
+    labels = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    return label_palette(num_classes)[labels.astype(np.int64)]
