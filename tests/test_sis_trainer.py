@@ -1,0 +1,208 @@
+"""Trainer: exact resume, atomic pickle-free checkpoints, schedule, data order, DDP, mapping stage."""
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from attnsynth.data.sampler import StepBatchSampler
+from attnsynth.sis import checkpoint as ckpt
+from attnsynth.sis.run_log import read_log
+from attnsynth.sis.train_config import MappingTrainConfig, TrainConfig
+from attnsynth.sis.trainer import lr_factor, train, train_mapping
+
+
+def _config(out, **changes):
+    base = TrainConfig(data="toy-faces", out=str(out), config="small", resolution=(32, 32), steps=6, batch_size=2, toy_n=5, log_every=1, sample_every=0, checkpoint_every=3, seed=3)
+    return dataclasses.replace(base, **changes)
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(step):
+    def callback(info):
+        if info["step"] == step:
+            raise _Killed
+    return callback
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """An uninterrupted 6-step run (checkpoint every 3 steps)."""
+    out = tmp_path_factory.mktemp("runs") / "straight"
+    train(_config(out))
+    return out
+
+
+def test_killed_and_resumed_run_retraces_the_uninterrupted_one(straight_run, tmp_path):
+    out = tmp_path / "resumed"
+    with pytest.raises(_Killed):
+        train(_config(out), callback=_kill_at(5))  # killed during step 5; last checkpoint at step 3
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["state"]["step"] == 3
+    assert [r["step"] for r in read_log(out / "log.jsonl")] == [1, 2, 3, 4]
+    train(_config(out), resume=True)
+    straight, resumed = read_log(straight_run / "log.jsonl"), read_log(out / "log.jsonl")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]  # steps past the checkpoint were redone once
+    for a, b in zip(straight, resumed):
+        for key in a:
+            if key.startswith("loss/"):
+                assert b[key] == pytest.approx(a[key], abs=1e-6), (a["step"], key)
+    for name in ("model", "generator", "discriminator"):
+        wa, wb = load_file(str(straight_run / f"{name}.safetensors")), load_file(str(out / f"{name}.safetensors"))
+        assert wa.keys() == wb.keys()
+        for key in wa:
+            torch.testing.assert_close(wb[key], wa[key], rtol=0, atol=1e-6)
+
+
+def test_run_directory_contents(straight_run):
+    saved = json.loads((straight_run / "train_config.json").read_text())
+    assert saved["train"]["steps"] == 6 and saved["model"]["arch"] == "ca2sis" and saved["perceptual_loss"] is False
+    assert len(saved["label_set"]["class_names"]) == 19
+    record = read_log(straight_run / "log.jsonl")[-1]
+    for key in ("loss/G/total", "loss/G/gan", "loss/G/fm", "loss/G/att", "loss/D/total", "lr/G", "lr/D"):
+        assert key in record
+    assert record["lr/G"] == pytest.approx(1e-4 * lr_factor(5, 6, 0.5)) and record["lr/D"] == pytest.approx(4e-4 * lr_factor(5, 6, 0.5))
+    assert (straight_run / "samples" / "step_0000006.png").is_file()
+    files = {p.name for p in (straight_run / "checkpoint").iterdir()}
+    assert files == {"generator.safetensors", "discriminator.safetensors", "ema.safetensors", "optim_generator.safetensors", "optim_discriminator.safetensors", "state.json"}
+    from attnsynth.sis.model import SISModel
+
+    model = SISModel.from_pretrained(straight_run)  # the final model is the EMA generator
+    ema = load_file(str(straight_run / "checkpoint" / "ema.safetensors"))
+    raw = load_file(str(straight_run / "generator.safetensors"))
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
+    assert any(not torch.equal(raw[k], ema[k]) for k in ema)
+
+
+def test_vgg_off_is_announced_and_spade_has_no_attention_loss(tmp_path, capsys):
+    train(_config(tmp_path / "spade", config="spade-small", steps=1, checkpoint_every=0))
+    assert "perceptual (VGG) loss is OFF" in capsys.readouterr().out
+    record = read_log(tmp_path / "spade" / "log.jsonl")[-1]
+    assert "loss/G/att" not in record and "loss/G/vgg" not in record and "loss/G/gan" in record
+
+
+def test_existing_run_needs_resume_and_same_options(straight_run):
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_config(straight_run))
+    with pytest.raises(ValueError, match="lr_g"):
+        train(_config(straight_run, lr_g=2e-4), resume=True)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    ckpt.save_training_state(tmp_path / "c", modules={"m": model}, optimizers={"m": optimizer}, state={"step": 1})
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt, "save_file", broken)
+    with pytest.raises(OSError):
+        ckpt.save_training_state(tmp_path / "c", modules={"m": model}, optimizers={"m": optimizer}, state={"step": 2})
+    assert json.loads((tmp_path / "c" / "state.json").read_text())["state"]["step"] == 1  # the old one survives
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # no temporary left behind
+
+
+def test_optimizer_state_roundtrip_continues_identically():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.0, 0.9))
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(x).pow(2).sum().backward()
+        optimizer.step()
+    tensors, meta = ckpt.flatten_optimizer(optimizer)
+    assert all(isinstance(v, torch.Tensor) for v in tensors.values())
+    json.dumps(meta)  # JSON-able
+    clone = torch.nn.Linear(4, 3)
+    clone.load_state_dict(model.state_dict())
+    restored = torch.optim.Adam(clone.parameters(), lr=1.0)
+    restored.load_state_dict(ckpt.unflatten_optimizer(tensors, json.loads(json.dumps(meta))))
+    assert restored.param_groups[0]["lr"] == 1e-2 and restored.param_groups[0]["betas"] == (0.0, 0.9)
+    for m, opt in ((model, optimizer), (clone, restored)):
+        opt.zero_grad()
+        m(x).pow(2).sum().backward()
+        opt.step()
+    for a, b in zip(model.parameters(), clone.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_lr_schedule_constant_then_linear_to_zero():
+    factors = [lr_factor(s, 10, 0.5) for s in range(10)]
+    assert factors[:5] == [1.0] * 5
+    assert factors[5:] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])
+    assert lr_factor(3, 10, 1.0) == 1.0
+
+
+def test_step_sampler_is_a_function_of_the_step_and_ranks_partition_the_global_batch():
+    single = StepBatchSampler(num_samples=7, batch_size=4, total_steps=5, seed=1)
+    batches = list(single)
+    assert list(StepBatchSampler(num_samples=7, batch_size=4, total_steps=5, seed=1, start_step=3)) == batches[3:]
+    indices = [i for b in batches for i, _ in b]
+    assert sorted(indices[:7]) == list(range(7)) and sorted(indices[7:14]) == list(range(7))  # one pass per epoch
+    assert len({s for b in batches for _, s in b}) == 20  # a fresh augmentation seed per stream position
+    ranks = [StepBatchSampler(num_samples=7, batch_size=2, total_steps=5, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    for step in range(5):
+        assert ranks[0].batch(step) + ranks[1].batch(step) == single.batch(step)  # same global batch, split in two
+
+
+def test_mapping_stage_trains_the_mapping_network_with_g_frozen(straight_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(straight_run, run)
+    before = (run / "model.safetensors").read_bytes()
+    result = train_mapping(MappingTrainConfig(run=str(run), data=None, steps=2, batch_size=2, toy_n=5, log_every=1, lambda_div=1.0, checkpoint_every=0))
+    assert result.step == 2 and (run / "mapping.safetensors").is_file()
+    assert (run / "model.safetensors").read_bytes() == before  # the generator is frozen
+    record = read_log(run / "mapping_log.jsonl")[-1]
+    assert {"loss/M/gan", "loss/M/att", "loss/M/diversity", "loss/D/total"} <= set(record)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_mapping(MappingTrainConfig(run=str(run), data=None, steps=2, batch_size=2, toy_n=5))
+
+
+_DDP_SCRIPT = textwrap.dedent('''
+    import sys, torch
+    torch.set_num_threads(1)
+    from accelerate import PartialState
+    from safetensors.torch import save_file
+    from attnsynth.sis.trainer import train
+    from attnsynth.sis.train_config import TrainConfig
+    out = sys.argv[1]
+    def dump(info):
+        if info["step"] == 3:
+            rank = PartialState().process_index
+            assert PartialState().num_processes == 2
+            tensors = {f"{n}.{k}": v.detach().cpu().contiguous().clone() for n, m in info["models"].items() for k, v in m.state_dict().items()}
+            save_file(tensors, f"{out}_rank{rank}.safetensors")
+    train(TrainConfig(data="toy-faces", out=out, resolution=(32, 32), steps=3, batch_size=2, toy_n=8, log_every=1, sample_every=0, checkpoint_every=0), callback=dump)
+''')
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_keep_identical_replicas(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(script), str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    a, b = load_file(str(tmp_path / "run_rank0.safetensors")), load_file(str(tmp_path / "run_rank1.safetensors"))
+    assert a.keys() == b.keys() and any(k.startswith("discriminator.") for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert read_log(tmp_path / "run" / "log.jsonl")[-1]["step"] == 3
