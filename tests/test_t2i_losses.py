@@ -430,3 +430,24 @@ def test_losses_source_has_no_host_syncs():
     tree = ast.parse(inspect.getsource(losses))
     calls = [n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
     assert banned.isdisjoint(calls)
+
+
+@pytest.mark.gpu
+def test_losses_and_gradients_never_synchronise_on_cuda():
+    """CUDA's sync debug mode raises on any host sync (.item(), nonzero, blocking copies)."""
+    maps = (torch.randn(2, H, W, 77, device="cuda") * 2).softmax(-1).requires_grad_(True)
+    groups = [group("cat", [2], [1]), group("dog", [5], [4]), group("bird", [7, 8])]
+    boxes = {"cat": (0.0, 0.0, 0.5, 1.0), "dog": (0.5, 0.0, 1.0, 1.0)}
+
+    def run():
+        for method in METHODS:
+            total, _ = guidance_loss(method, maps, groups, prompt_length=12, boxes=boxes if method == "layout" else None)
+            torch.autograd.grad(total.sum(), maps)
+        attend_excite_loss(maps, [2, 5], prompt_length=None)
+
+    run()  # the first call copies per-prompt constants (token selections, boxes) to the device once
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

@@ -10,6 +10,7 @@ Coordinates are pixel indices: ``x`` is the column, ``y`` the row; points are ``
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -92,6 +93,15 @@ def gaussian_kernel(
     return kernel.to(device=device, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=16)
+def _device_kernel(kernel_size: int, sigma: float, device: torch.device) -> torch.Tensor:
+    """The smoothing kernel as a conv weight ``[1, 1, k, k]`` on ``device``, copied there once.
+
+    A blocking host→device copy waits for the device's queue, so it must not run every step.
+    """
+    return gaussian_kernel(kernel_size, sigma)[None, None].to(device)
+
+
 def gaussian_smooth(maps: torch.Tensor, kernel_size: int = 3, sigma: float = 0.5) -> torch.Tensor:
     """Smooth maps ``[..., H, W]`` exactly as Attend-and-Excite does; same size out, float32.
 
@@ -106,8 +116,7 @@ def gaussian_smooth(maps: torch.Tensor, kernel_size: int = 3, sigma: float = 0.5
     if pad > 0:
         mode = "reflect" if pad < height and pad < width else "replicate"
         flat = F.pad(flat, (pad, pad, pad, pad), mode=mode)
-    kernel = gaussian_kernel(kernel_size, sigma, device=maps.device)
-    out = F.conv2d(flat, kernel[None, None])  # [N, 1, H, W]
+    out = F.conv2d(flat, _device_kernel(kernel_size, sigma, maps.device))  # [N, 1, H, W]
     return out.reshape(*lead, height, width)
 
 
@@ -142,11 +151,10 @@ def find_peaks(
     empty_below = (_EMPTY_DISC_FRACTION * total).detach().clamp_min(1e-30)  # [N]
     alive = torch.ones_like(flat, dtype=torch.bool)  # pixels not yet suppressed
     detached = flat.detach()
-    neg_inf = torch.tensor(float("-inf"), device=maps.device)
 
     peaks, centroids = [], []
     for _ in range(n_peaks):
-        remaining = torch.where(alive, detached, neg_inf)  # [N, H, W]
+        remaining = detached.masked_fill(~alive, float("-inf"))  # [N, H, W]
         index = remaining.flatten(1).argmax(dim=1)  # [N]
         peak = torch.stack([index % width, index // width], dim=-1).float()  # [N, 2] (x, y)
         disc = disc_mask(peak, height, width, radius) & alive  # [N, H, W]

@@ -19,6 +19,7 @@ centroid of the j-th non-maximum-suppression disc (:func:`attnsynth.attention.ge
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -92,16 +93,30 @@ def _selection(
     index_sets: Sequence[Sequence[int]], num_tokens: int, *, offset: int, device: torch.device, what: str
 ) -> torch.Tensor:
     """Matrix ``[num_tokens, K]`` with 1 where token ``i − offset`` belongs to set k (checked on host)."""
-    matrix = torch.zeros(num_tokens, len(index_sets))
-    for k, indices in enumerate(index_sets):
+    for indices in index_sets:
         for index in indices:
-            position = index - offset
-            if not 0 <= position < num_tokens:
+            if not 0 <= index - offset < num_tokens:
                 raise ValueError(
                     f"{what} token index {index} is out of range; expected {offset} <= index < {num_tokens + offset}"
                 )
-            matrix[position, k] = 1.0
+    key = tuple(tuple(index - offset for index in indices) for indices in index_sets)
+    return _selection_matrix(key, num_tokens, device)
+
+
+@functools.lru_cache(maxsize=256)
+def _selection_matrix(positions: tuple[tuple[int, ...], ...], num_tokens: int, device: torch.device) -> torch.Tensor:
+    """The selection matrix on ``device``, built once per prompt: a blocking host→device copy
+    waits for the device's queue, so it must not happen at every denoising step."""
+    matrix = torch.zeros(num_tokens, len(positions))
+    for k, indices in enumerate(positions):
+        matrix[list(indices), k] = 1.0
     return matrix.to(device)
+
+
+@functools.lru_cache(maxsize=256)
+def _device_constant(values: tuple, device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """A small constant tensor on ``device``, copied there once (see :func:`_selection_matrix`)."""
+    return torch.tensor(values, dtype=dtype).to(device)
 
 
 def _combine(maps: torch.Tensor, index_sets: Sequence[Sequence[int]], *, offset: int, what: str) -> torch.Tensor:
@@ -137,7 +152,8 @@ def aggregation_loss(
 ) -> torch.Tensor:
     """AI-T2I aggregation: pull each subject's secondary blobs onto its dominant one → ``[B]``.
 
-    Per group k (3-peak NMS on its map A_k): ``L_agg,k = [Σ_j ‖sg(p_1) − g_j‖ + Σ_{2≤j<l} ‖g_j − g_l‖] / D``
+    Per group k (3-peak NMS on its map A_k):
+    ``L_agg,k = [Σ_j ‖sg(p_1) − g_j‖ + Σ_{2≤j<l} ‖g_j − g_l‖] / D``
     (for 3 peaks the second sum is ‖g_2 − g_3‖). ``reduction`` over groups: "mean" or "sum"
     (the paper's Σ_k, used by :func:`guidance_loss`). No groups → 0.
     """
@@ -154,7 +170,9 @@ def aggregation_loss(
     return per_group.mean(dim=-1) if reduction == "mean" else per_group.sum(dim=-1)
 
 
-def isolation_loss(maps: torch.Tensor, groups: Sequence[SubjectGroup], *, distance: str = "euclidean") -> torch.Tensor:
+def isolation_loss(
+    maps: torch.Tensor, groups: Sequence[SubjectGroup], *, distance: str = "euclidean"
+) -> torch.Tensor:
     """AI-T2I isolation: push different subjects' attention apart → ``[B]``, mean over pairs i < j.
 
     ``distance="euclidean"``: ``1 − ‖c(A_i) − c(A_j)‖ / D`` (the public code, for 2 subjects).
@@ -167,8 +185,8 @@ def isolation_loss(maps: torch.Tensor, groups: Sequence[SubjectGroup], *, distan
         return _zeros(maps)
     subject_maps = group_maps(maps, groups)  # [B, K, H, W]
     pairs = list(itertools.combinations(range(len(groups)), 2))
-    first = torch.tensor([i for i, _ in pairs], device=maps.device)
-    second = torch.tensor([j for _, j in pairs], device=maps.device)
+    first = _device_constant(tuple(i for i, _ in pairs), maps.device)
+    second = _device_constant(tuple(j for _, j in pairs), maps.device)
     if distance == "euclidean":
         centres = centroid(subject_maps)  # [B, K, 2]
         gaps = _norm(centres[:, first] - centres[:, second])  # [B, P]
@@ -214,7 +232,8 @@ def _text_softmax(maps: torch.Tensor, prompt_length: int | None) -> torch.Tensor
     length = num_tokens if prompt_length is None else prompt_length
     if isinstance(length, bool) or not isinstance(length, int) or not 3 <= length <= num_tokens:
         raise ValueError(
-            f"prompt_length={prompt_length!r} is invalid; expected an integer in [3, {num_tokens}] (BOS and EOS included)"
+            f"prompt_length={prompt_length!r} is invalid; "
+            f"expected an integer in [3, {num_tokens}] (BOS and EOS included)"
         )
     return torch.softmax(maps.float()[..., 1 : length - 1] * 100, dim=-1)
 
@@ -325,7 +344,7 @@ def _divide_bind_parts(
     attributes = _combine(text, [groups[k].attribute_indices for k in bound], offset=1, what="attribute")
     if smooth:
         attributes = gaussian_smooth(attributes)
-    nouns = subjects[:, torch.tensor(bound, device=maps.device)]  # [B, K', H, W]
+    nouns = subjects[:, _device_constant(tuple(bound), maps.device)]  # [B, K', H, W]
     binding = _jensen_shannon(normalise(nouns), normalise(attributes)).mean(dim=-1)
     return {"attendance": attendance, "binding": binding}
 
@@ -349,7 +368,9 @@ def divide_bind_loss(
     return total
 
 
-def _box_tensor(boxes: Any, groups: Sequence[SubjectGroup], batch: int, device: torch.device) -> tuple[list[int], torch.Tensor]:
+def _box_tensor(
+    boxes: Any, groups: Sequence[SubjectGroup], batch: int, device: torch.device
+) -> tuple[list[int], torch.Tensor]:
     """Resolve ``boxes`` to (indices of boxed groups, boxes ``[B, K', 4]``), validated on the host."""
     if isinstance(boxes, Mapping):
         lookup: dict[str, int] = {}
@@ -359,16 +380,19 @@ def _box_tensor(boxes: Any, groups: Sequence[SubjectGroup], batch: int, device: 
         chosen: dict[int, tuple[float, ...]] = {}
         for name, box in boxes.items():
             if name not in lookup:
-                raise ValueError(f"boxes has subject {name!r}, which is not a subject; expected one of {sorted(lookup)}")
+                raise ValueError(
+                    f"boxes has subject {name!r}, which is not a subject; expected one of {sorted(lookup)}"
+                )
             values = tuple(float(v) for v in box)
             if len(values) != 4 or not (0 <= values[0] < values[2] <= 1 and 0 <= values[1] < values[3] <= 1):
                 raise ValueError(
-                    f"boxes[{name!r}]={tuple(box)!r} is invalid; expected (x0, y0, x1, y1) with 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1"
+                    f"boxes[{name!r}]={tuple(box)!r} is invalid; "
+                    "expected (x0, y0, x1, y1) with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1"
                 )
             chosen[lookup[name]] = values
         indices = sorted(chosen)
-        table = torch.tensor([chosen[k] for k in indices], dtype=torch.float32).reshape(-1, 4)
-        return indices, table.to(device).expand(batch, -1, -1)
+        table = _device_constant(tuple(chosen[k] for k in indices), device, torch.float32).reshape(-1, 4)
+        return indices, table.expand(batch, -1, -1)
     if isinstance(boxes, torch.Tensor):
         if boxes.ndim == 2:
             boxes = boxes.unsqueeze(0).expand(batch, -1, -1)
@@ -377,7 +401,9 @@ def _box_tensor(boxes: Any, groups: Sequence[SubjectGroup], batch: int, device: 
                 f"boxes has shape {tuple(boxes.shape)}; expected [{len(groups)}, 4] or [{batch}, {len(groups)}, 4]"
             )
         return list(range(len(groups))), boxes.to(device=device, dtype=torch.float32)
-    raise ValueError(f"boxes has type {type(boxes).__name__}; expected a dict {{subject: (x0, y0, x1, y1)}} or a tensor [K, 4]")
+    raise ValueError(
+        f"boxes has type {type(boxes).__name__}; expected a dict {{subject: (x0, y0, x1, y1)}} or a tensor [K, 4]"
+    )
 
 
 def box_loss(maps: torch.Tensor, groups: Sequence[SubjectGroup], boxes: Any) -> torch.Tensor:
@@ -385,7 +411,8 @@ def box_loss(maps: torch.Tensor, groups: Sequence[SubjectGroup], boxes: Any) -> 
 
     ``boxes``: ``{subject name (or one synonym): (x0, y0, x1, y1)}`` in [0, 1] image coordinates
     (subjects without a box are not constrained), or a tensor ``[K, 4]`` / ``[B, K, 4]`` in group
-    order. Pixels partly inside a box count by the covered fraction.
+    order (keep it on the maps' device: a copy per step would wait for the device). Pixels partly
+    inside a box count by the covered fraction.
     """
     _check_maps(maps)
     indices, table = _box_tensor(boxes, groups, maps.shape[0], maps.device)
@@ -423,7 +450,9 @@ def guidance_loss(
     chosen = dict(DEFAULT_WEIGHTS[method])
     for key, value in (weights or {}).items():
         if key not in chosen:
-            raise ValueError(f"weights has term {key!r}, unknown for method {method!r}; expected some of {sorted(chosen)}")
+            raise ValueError(
+                f"weights has term {key!r}, unknown for method {method!r}; expected some of {sorted(chosen)}"
+            )
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"weights[{key!r}]={value!r} is invalid; expected a finite number")
         chosen[key] = float(value)

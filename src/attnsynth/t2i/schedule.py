@@ -46,6 +46,11 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def _is_number(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass(frozen=True, kw_only=True)
 class GuidanceSchedule:
     """Which denoising steps update the latent, with what step size, and where to refine."""
@@ -64,11 +69,13 @@ class GuidanceSchedule:
         g = self.guided_steps
         if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g <= n:
             raise ValueError(f"guided_steps={g!r} is invalid; expected an integer in [0, num_inference_steps={n}]")
-        if not math.isfinite(self.step_size) or self.step_size < 0:
+        if not _is_number(self.step_size) or self.step_size < 0:
             raise ValueError(f"step_size={self.step_size!r} is invalid; expected a finite number >= 0")
-        if len(self.scale_range) != 2 or any(not math.isfinite(s) or s < 0 for s in self.scale_range):
+        scales = self.scale_range
+        if not isinstance(scales, (tuple, list)) or len(scales) != 2 or any(not _is_number(s) or s < 0 for s in scales):
             raise ValueError(f"scale_range={self.scale_range!r} is invalid; expected two finite numbers >= 0")
-        if isinstance(self.max_refine_iters, bool) or not isinstance(self.max_refine_iters, int) or self.max_refine_iters < 0:
+        m = self.max_refine_iters
+        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
             raise ValueError(f"max_refine_iters={self.max_refine_iters!r} is invalid; expected an integer >= 0")
         thresholds = dict(self.refine_thresholds or {})
         for step, threshold in thresholds.items():
@@ -76,7 +83,7 @@ class GuidanceSchedule:
                 raise ValueError(
                     f"refine_thresholds has step {step!r}; expected integer steps in [0, num_inference_steps={n})"
                 )
-            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
                 raise ValueError(f"refine_thresholds[{step}]={threshold!r} is invalid; expected a number in [0, 1]")
         object.__setattr__(self, "scale_range", (float(self.scale_range[0]), float(self.scale_range[1])))
         if self.refine_thresholds is not None:

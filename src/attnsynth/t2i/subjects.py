@@ -87,12 +87,16 @@ class SubjectGroup:
             raise ValueError(f"SubjectGroup {self.name!r} has no token_indices; expected at least one token position")
         attributes = _positions(self.attribute_indices, f"SubjectGroup {self.name!r} attribute_indices")
         if set(attributes) & set(tokens):
-            raise ValueError(f"SubjectGroup {self.name!r} attribute_indices {attributes} overlap its token_indices {tokens}")
+            raise ValueError(
+                f"SubjectGroup {self.name!r} attribute_indices {attributes} overlap its token_indices {tokens}"
+            )
         spans = tuple(_positions(span, f"SubjectGroup {self.name!r} mention span") for span in self.mention_spans)
         if not spans:
             spans = (tokens,)
         if sorted(i for span in spans for i in span) != list(tokens):
-            raise ValueError(f"SubjectGroup {self.name!r} mention_spans {spans} do not partition token_indices {tokens}")
+            raise ValueError(
+                f"SubjectGroup {self.name!r} mention_spans {spans} do not partition token_indices {tokens}"
+            )
         object.__setattr__(self, "token_indices", tokens)
         object.__setattr__(self, "attribute_indices", attributes)
         object.__setattr__(self, "mention_spans", spans)
@@ -326,11 +330,14 @@ def _normalise_request(subjects: Any) -> list[list[str]]:
     if isinstance(subjects, str):
         subjects = [subjects]
     if not isinstance(subjects, Sequence):
-        raise ValueError(f"subjects={subjects!r} is invalid; expected 'auto', a list of words/phrases or of synonym lists")
+        raise ValueError(
+            f"subjects={subjects!r} is invalid; expected 'auto', a list of words/phrases or of synonym lists"
+        )
     request = []
     for entry in subjects:
         synonyms = [entry] if isinstance(entry, str) else entry
-        if not isinstance(synonyms, Sequence) or not synonyms or not all(isinstance(s, str) and s.strip() for s in synonyms):
+        valid = isinstance(synonyms, Sequence) and len(synonyms) > 0
+        if not valid or not all(isinstance(s, str) and s.strip() for s in synonyms):
             raise ValueError(f"subject {entry!r} is invalid; expected a non-empty word/phrase or a list of them")
         request.append([s.strip() for s in synonyms])
     return request
@@ -377,7 +384,8 @@ def resolve_subjects(
         if not found:
             words = " ".join(p.text for p in pieces if p.is_word)
             raise ValueError(
-                f"subject {'/'.join(synonyms)!r} not found in prompt {prompt!r}; expected one of its words or phrases ({words})"
+                f"subject {'/'.join(synonyms)!r} not found in prompt {prompt!r}; "
+                f"expected one of its words or phrases ({words})"
             )
         mentions.append(found)
 
