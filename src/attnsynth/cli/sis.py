@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
 app = typer.Typer(help="CA²-SIS semantic image synthesis: train, reconstruct, transfer, swap-shape, interpolate, sample, evaluate.", no_args_is_help=True)
@@ -39,3 +42,233 @@ def info_command(
     for name, value in counts.items():
         table.add_row(name, f"{value:,}", f"{value / 1e6:.2f} M")
     Console().print(table)
+
+
+# ---- training, editing and evaluation (thin wrappers around attnsynth.sis.trainer / edits / evaluate) ----
+def _resolution(text: str) -> tuple[int, int]:
+    from attnsynth.utils.images import parse_resolution
+
+    try:
+        return parse_resolution(text)
+    except ValueError as error:
+        raise ValueError(f"--resolution: {error}") from None
+
+
+@app.command("train")
+def train_command(
+    data: str = typer.Option(..., "--data", help="Dataset directory (SEAN/CelebAMask-HQ, ADE20K, images/+labels/) or 'toy-faces'."),
+    out: Path = typer.Option(..., "--out", help="Run directory (checkpoint/, samples/, log.jsonl, final model)."),
+    config: str = typer.Option("small", "--config", help="Model preset: small, faithful, spade-small, spade-faithful."),
+    resolution: str = typer.Option("64", "--resolution", help="Training size: R or HxW."),
+    steps: int = typer.Option(1000, "--steps", help="Total optimisation steps."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Batch per process."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
+    vgg_weights: Optional[Path] = typer.Option(None, "--vgg-weights", help="Local VGG19 weights; without them the perceptual loss is OFF."),
+    lr_g: float = typer.Option(1e-4, "--lr-g", help="Generator learning rate (TTUR)."),
+    lr_d: float = typer.Option(4e-4, "--lr-d", help="Discriminator learning rate (TTUR)."),
+    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16 (GPU)."),
+    sample_every: int = typer.Option(500, "--sample-every", help="Sample grid period in steps (0: only at the end)."),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Checkpoint period in steps (0: only at the end)."),
+    log_every: int = typer.Option(10, "--log-every", help="log.jsonl period in steps."),
+    seed: int = typer.Option(0, "--seed", help="Seed of init, data order, augmentation and per-step RNG."),
+    toy_n: int = typer.Option(512, "--toy-n", help="Number of scenes for --data toy-faces."),
+    layout: str = typer.Option("auto", "--layout", help="Dataset layout: auto, celebamask, ade20k, folder."),
+    num_workers: int = typer.Option(0, "--num-workers", help="DataLoader workers per process."),
+    no_augment: bool = typer.Option(False, "--no-augment", help="No resize/crop/flip augmentation."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved options as JSON and exit."),
+) -> None:
+    """Train CA²-SIS (or the SPADE baseline); many GPUs: `accelerate launch --multi_gpu "$(which attnsynth)" sis train …`."""
+    import json
+
+    from attnsynth.sis.train_config import TrainConfig
+
+    cfg = TrainConfig(data=data, out=str(out), config=config, resolution=_resolution(resolution), steps=steps, batch_size=batch_size,
+                      lr_g=lr_g, lr_d=lr_d, vgg_weights=str(vgg_weights) if vgg_weights else None, mixed_precision=mixed_precision,
+                      sample_every=sample_every, checkpoint_every=checkpoint_every, log_every=log_every, seed=seed, toy_n=toy_n,
+                      layout=layout, num_workers=num_workers, augment=not no_augment)
+    if dry_run:
+        typer.echo(json.dumps(cfg.to_dict(), indent=2))
+        return
+    from attnsynth.sis.trainer import train
+
+    train(cfg, resume=resume, progress=True)
+
+
+@app.command("train-mapping")
+def train_mapping_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A finished `sis train` run directory."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset (default: the run's)."),
+    steps: int = typer.Option(1000, "--steps", help="Total steps."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Batch per process."),
+    lr: float = typer.Option(1e-4, "--lr", help="Mapping network learning rate."),
+    lr_d: float = typer.Option(4e-4, "--lr-d", help="Discriminator learning rate."),
+    lambda_div: float = typer.Option(0.0, "--lambda-div", help="Weight of the diversity term (0: off)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN/mapping_checkpoint."),
+    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16 (GPU)."),
+    seed: int = typer.Option(0, "--seed", help="Seed."),
+    toy_n: int = typer.Option(512, "--toy-n", help="Number of scenes for --data toy-faces."),
+) -> None:
+    """Train the random-style mapping network with the run's generator frozen (writes RUN/mapping.safetensors)."""
+    from attnsynth.sis.train_config import MappingTrainConfig
+    from attnsynth.sis.trainer import train_mapping
+
+    cfg = MappingTrainConfig(run=str(checkpoint), data=data, steps=steps, batch_size=batch_size, lr=lr, lr_d=lr_d,
+                             lambda_div=lambda_div, mixed_precision=mixed_precision, seed=seed, toy_n=toy_n)
+    train_mapping(cfg, resume=resume, progress=True)
+
+
+def _device(name: Optional[str]):
+    import torch
+
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _check_png(out: Path) -> None:
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out {out} must be a .png file")
+
+
+def _load(checkpoint: Path, device: Optional[str]):
+    from attnsynth.sis.edits import load_model
+
+    return load_model(checkpoint, device=_device(device))
+
+
+def _pair(model, image: Optional[Path], mask: Path):
+    from attnsynth.sis.edits import load_pair
+
+    return load_pair(image, mask, resolution=model.config.resolution, num_classes=model.config.num_classes)
+
+
+def _write(result, out: Path, save_attention: Optional[Path], label_set, masks) -> None:
+    """Write the output strip and, if asked, per-class attention overlays (everything was computed first)."""
+    import torch
+
+    from attnsynth.sis.visuals import attention_overlays, strip
+    from attnsynth.utils.io import atomic_directory, atomic_save_png
+
+    overlays = None
+    if save_attention is not None:
+        present = sorted(set(torch.cat([m.flatten() for m in masks]).unique().tolist()))
+        overlays = attention_overlays(result.images, result.attention or [], present, label_set.class_names)
+    atomic_save_png(out, strip(result.images))
+    if overlays is not None:
+        with atomic_directory(save_attention, overwrite=True) as tmp:
+            from attnsynth.utils.io import png_bytes
+
+            for name, array in overlays.items():
+                (tmp / name).write_bytes(png_bytes(array))
+    typer.echo(f"wrote {out}" + (f" and {len(overlays)} attention overlays in {save_attention}" if overlays else ""))
+
+
+_CHECKPOINT = typer.Option(..., "--checkpoint", help="Trained run directory (config.json + model.safetensors).")
+_IMAGE = typer.Option(..., "--image", help="Input image.")
+_MASK = typer.Option(..., "--mask", help="Label map of --image (single-channel PNG of class ids).")
+_OUT = typer.Option(..., "--out", help="Output PNG (several results are laid out side by side).")
+_ATTENTION = typer.Option(None, "--save-attention", help="Directory for per-class attention overlays (PNG).")
+_DEVICE = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu).")
+
+
+@app.command("reconstruct")
+def reconstruct_command(checkpoint: Path = _CHECKPOINT, image: Path = _IMAGE, mask: Path = _MASK, out: Path = _OUT,
+                        save_attention: Optional[Path] = _ATTENTION, device: Optional[str] = _DEVICE) -> None:
+    """Re-synthesise an image from its own mask and style."""
+    from attnsynth.sis.edits import reconstruct
+
+    _check_png(out)
+    model, label_set = _load(checkpoint, device)
+    pixels, labels = _pair(model, image, mask)
+    result = reconstruct(model, pixels, labels, return_attention=save_attention is not None)
+    _write(result, out, save_attention, label_set, [labels])
+
+
+@app.command("transfer")
+def transfer_command(checkpoint: Path = _CHECKPOINT, image: Path = _IMAGE, mask: Path = _MASK,
+                     reference: Path = typer.Option(..., "--reference", help="Style reference image."),
+                     reference_mask: Path = typer.Option(..., "--reference-mask", help="Label map of --reference."),
+                     classes: Optional[str] = typer.Option(None, "--classes", help="Classes to transfer: names, ids or presets (hair,skin | 4,5 | eyes); default all."),
+                     out: Path = _OUT, save_attention: Optional[Path] = _ATTENTION, device: Optional[str] = _DEVICE) -> None:
+    """Transfer the style of some classes (or all) from a reference image."""
+    from attnsynth.sis.edits import resolve_classes, transfer
+
+    _check_png(out)
+    model, label_set = _load(checkpoint, device)
+    if classes is not None:
+        resolve_classes(classes, label_set, model.config.num_classes)  # reject unknown names before reading images
+    pixels, labels = _pair(model, image, mask)
+    ref_pixels, ref_labels = _pair(model, reference, reference_mask)
+    result = transfer(model, pixels, labels, ref_pixels, ref_labels, classes=classes, label_set=label_set, return_attention=save_attention is not None)
+    _write(result, out, save_attention, label_set, [labels])
+
+
+@app.command("swap-shape")
+def swap_shape_command(checkpoint: Path = _CHECKPOINT, image: Path = _IMAGE, mask: Path = _MASK,
+                       donor_mask: Path = typer.Option(..., "--donor-mask", help="Label map whose class shapes are taken."),
+                       classes: str = typer.Option(..., "--classes", help="Classes whose shape tokens are swapped (names, ids or presets)."),
+                       out: Path = _OUT, save_attention: Optional[Path] = _ATTENTION, device: Optional[str] = _DEVICE) -> None:
+    """Give some classes the shape they have in a donor mask, without redrawing the mask."""
+    from attnsynth.sis.edits import resolve_classes, swap_shape
+
+    _check_png(out)
+    model, label_set = _load(checkpoint, device)
+    resolve_classes(classes, label_set, model.config.num_classes)
+    pixels, labels = _pair(model, image, mask)
+    _, donor = _pair(model, None, donor_mask)
+    result = swap_shape(model, pixels, labels, donor, classes=classes, label_set=label_set, return_attention=save_attention is not None)
+    _write(result, out, save_attention, label_set, [labels, donor])
+
+
+def _parse_alphas(alpha: Optional[float], alphas: Optional[str]) -> list[float]:
+    if alphas is None:
+        return [0.5 if alpha is None else alpha]
+    if alpha is not None:
+        raise ValueError("give either --alpha or --alphas, not both")
+    try:
+        return [float(a) for a in alphas.split(",")]
+    except ValueError:
+        raise ValueError(f"--alphas {alphas!r} must be comma-separated numbers, e.g. 0,0.25,0.5") from None
+
+
+@app.command("interpolate")
+def interpolate_command(checkpoint: Path = _CHECKPOINT, image: Path = _IMAGE, mask: Path = _MASK,
+                        other_mask: Path = typer.Option(..., "--other-mask", help="Label map to blend towards."),
+                        other_image: Optional[Path] = typer.Option(None, "--other-image", help="Image of --other-mask (needed for --what style)."),
+                        what: str = typer.Option("shape", "--what", help="Blend 'shape' or 'style' tokens."),
+                        alpha: Optional[float] = typer.Option(None, "--alpha", help="One blend weight (default 0.5)."),
+                        alphas: Optional[str] = typer.Option(None, "--alphas", help="Several weights, e.g. 0,0.25,0.5,0.75,1."),
+                        classes: Optional[str] = typer.Option(None, "--classes", help="Classes to blend (default all)."),
+                        out: Path = _OUT, save_attention: Optional[Path] = _ATTENTION, device: Optional[str] = _DEVICE) -> None:
+    """Morph shape tokens or style tokens towards another image's: (1 − α)·own + α·other."""
+    from attnsynth.sis.edits import interpolate, resolve_classes
+
+    _check_png(out)
+    if what not in ("shape", "style"):
+        raise ValueError(f"--what {what!r} is invalid; expected shape or style")
+    if what == "style" and other_image is None:
+        raise ValueError("--what style needs --other-image (the style source)")
+    weights = _parse_alphas(alpha, alphas)
+    model, label_set = _load(checkpoint, device)
+    if classes is not None:
+        resolve_classes(classes, label_set, model.config.num_classes)
+    pixels, labels = _pair(model, image, mask)
+    other_pixels, other_labels = _pair(model, other_image, other_mask)
+    result = interpolate(model, pixels, labels, other_pixels, other_labels, what=what, alpha=weights, classes=classes, label_set=label_set, return_attention=save_attention is not None)
+    _write(result, out, save_attention, label_set, [labels, other_labels])
+
+
+@app.command("sample")
+def sample_command(checkpoint: Path = _CHECKPOINT, mask: Path = _MASK,
+                   n: int = typer.Option(4, "--n", help="Number of random styles."),
+                   seed: int = typer.Option(0, "--seed", help="Seed of the style noise."),
+                   out: Path = _OUT, save_attention: Optional[Path] = _ATTENTION, device: Optional[str] = _DEVICE) -> None:
+    """Random styles for one mask through the mapping network (train it with `sis train-mapping`)."""
+    from attnsynth.sis.edits import load_mapping, sample
+
+    _check_png(out)
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    model, label_set = _load(checkpoint, device)
+    mapping = load_mapping(checkpoint, model)
+    _, labels = _pair(model, None, mask)
+    result = sample(model, mapping, labels, n=n, seed=seed, return_attention=save_attention is not None)
+    _write(result, out, save_attention, label_set, [labels])

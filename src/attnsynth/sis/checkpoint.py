@@ -7,6 +7,8 @@ run killed mid-write keeps its previous checkpoint intact::
       <module>.safetensors            one per module (generator, discriminator, ema, …)
       optim_<name>.safetensors        optimiser state tensors, keys "state.<param>.<field>"
       state.json                      step, seeds, optimiser hyper-parameters, grad-scaler state
+
+It also names the files of a finished run that edits and evaluation read (:func:`load_labelset`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,26 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
+from attnsynth.data.labelsets import CELEBAMASK_HQ, LabelSet
 from attnsynth.utils.io import atomic_directory
 
 FORMAT_VERSION = 1
+LABELSET_FILE = "labelset.json"  # RUN/labelset.json: class names, flip pairs, presets of the model
+MAPPING_WEIGHTS = "mapping.safetensors"  # RUN/mapping.safetensors: the random-style mapping network
+
+
+def load_labelset(run: str | Path, num_classes: int) -> LabelSet:
+    """The label set saved beside a model (``labelset.json``), else CelebAMask-HQ for 19 classes, else ``class_i`` names."""
+    from attnsynth.data.folders import labelset_from_json
+
+    path = Path(run) / LABELSET_FILE
+    if path.is_file():
+        label_set = labelset_from_json(path, name=Path(run).name)
+        if label_set.num_classes == num_classes:
+            return label_set
+    if num_classes == CELEBAMASK_HQ.num_classes:
+        return CELEBAMASK_HQ
+    return LabelSet(name="generic", class_names=tuple(f"class_{i}" for i in range(num_classes)))
 
 
 def module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -36,15 +36,13 @@ import torch
 
 from attnsynth.data import PairDataset, load_dataset
 from attnsynth.data.sampler import StepBatchSampler, mix_seed
-from attnsynth.sis.checkpoint import load_training_state, save_training_state
+from attnsynth.sis.checkpoint import LABELSET_FILE, MAPPING_WEIGHTS, load_training_state, save_training_state
 from attnsynth.sis.run_log import RunLog, read_log
 from attnsynth.sis.train_config import MappingTrainConfig, TrainConfig
 from attnsynth.utils.io import atomic_save_png, atomic_write_json
 
 CHECKPOINT_DIR = "checkpoint"
 MAPPING_CHECKPOINT_DIR = "mapping_checkpoint"
-MAPPING_WEIGHTS = "mapping.safetensors"
-LABELSET_FILE = "labelset.json"
 TRAIN_CONFIG_FILE = "train_config.json"
 
 
@@ -180,28 +178,13 @@ def _save_final_model(out: Path, model, *, extra: dict[str, dict[str, torch.Tens
     atomic_write_json(out / LABELSET_FILE, label_set.to_dict())
 
 
-def load_labelset(run: str | Path, num_classes: int):
-    """The label set saved beside a model (``labelset.json``), else CelebAMask-HQ for 19 classes, else generic names."""
-    from attnsynth.data.folders import labelset_from_json
-    from attnsynth.data.labelsets import CELEBAMASK_HQ, LabelSet
-
-    path = Path(run) / LABELSET_FILE
-    if path.is_file():
-        label_set = labelset_from_json(path, name=Path(run).name)
-        if label_set.num_classes == num_classes:
-            return label_set
-    if num_classes == CELEBAMASK_HQ.num_classes:
-        return CELEBAMASK_HQ
-    return LabelSet(name="generic", class_names=tuple(f"class_{i}" for i in range(num_classes)))
-
-
 # ---- samples ----------------------------------------------------------------------------------------
 @torch.no_grad()
 def sample_grid(model, dataset: PairDataset, *, count: int = 4, device: torch.device) -> "np.ndarray":  # noqa: F821
     """One row per fixed sample: mask | real | reconstruction | style transfer from the next sample."""
     from attnsynth.sis.model import labels_to_onehot
-    from attnsynth.sis.visuals import colorize, grid
-    from attnsynth.utils.images import to_uint8
+    from attnsynth.sis.visuals import grid
+    from attnsynth.utils.images import colorize_labels, to_uint8
 
     items = [dataset[i] for i in range(min(count, len(dataset)))]
     image = torch.stack([it["image"] for it in items]).to(device, model.dtype)
@@ -213,7 +196,7 @@ def sample_grid(model, dataset: PairDataset, *, count: int = 4, device: torch.de
     style = model.encode_style(image.roll(1, 0), onehot.roll(1, 0))
     transfer = model.decode(model.embed_shape(onehot), style)
     model.train(was_training)
-    rows = [[colorize(labels[i], dataset.num_classes), to_uint8(image[i]), to_uint8(recon[i]), to_uint8(transfer[i])] for i in range(len(items))]
+    rows = [[colorize_labels(labels[i], dataset.num_classes), to_uint8(image[i]), to_uint8(recon[i]), to_uint8(transfer[i])] for i in range(len(items))]
     return grid(rows)
 
 

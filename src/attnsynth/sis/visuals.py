@@ -1,4 +1,4 @@
-"""Pictures for people: label-map colouring, image grids and per-class attention overlays."""
+"""Pictures for people: image grids and per-class attention overlays (label colours: ``utils.images``)."""
 
 from __future__ import annotations
 
@@ -7,26 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from attnsynth.utils.images import to_uint8
-
-
-def palette(num_classes: int) -> np.ndarray:
-    """[num_classes, 3] uint8 colours, the PASCAL VOC bit-interleaving scheme (0 = black)."""
-    colours = np.zeros((num_classes, 3), np.uint8)
-    for index in range(num_classes):
-        value, r, g, b = index, 0, 0, 0
-        for shift in range(7, -1, -1):
-            r |= ((value >> 0) & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        colours[index] = (r, g, b)
-    return colours
-
-
-def colorize(labels: torch.Tensor | np.ndarray, num_classes: int) -> np.ndarray:
-    """Label map [H, W] → [H, W, 3] uint8 with one colour per class."""
-    labels = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    return palette(num_classes)[labels.astype(np.int64)]
 
 
 def grid(rows: list[list[np.ndarray]], *, pad: int = 2) -> np.ndarray:
@@ -62,3 +42,15 @@ def attention_overlay(image: torch.Tensor, probability: torch.Tensor, *, colour:
     weight = probability.detach().float().cpu().clamp(0, 1).numpy()[..., None]  # [H, W, 1]
     tint = np.asarray(colour, np.float32)[None, None]
     return np.round(base * (1 - 0.6 * weight) + tint * 0.6 * weight).astype(np.uint8)
+
+
+def attention_overlays(images: torch.Tensor, logits: list[torch.Tensor], class_ids: list[int], class_names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """File name → overlay of each class's attention on each output image (``[k_]<id>_<name>.png``)."""
+    probs = attention_probabilities(logits, tuple(images.shape[-2:]))  # [N, C, H, W]
+    out = {}
+    for k in range(images.shape[0]):
+        prefix = f"{k}_" if images.shape[0] > 1 else ""
+        for c in class_ids:
+            safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in class_names[c])
+            out[f"{prefix}{c:02d}_{safe}.png"] = attention_overlay(images[k], probs[k, c])
+    return out
