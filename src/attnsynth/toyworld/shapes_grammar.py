@@ -35,17 +35,17 @@ import numpy as np
 #: Shapes, in a fixed order (also the oracle's class order).
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond")
 
-#: Named colours (sRGB, 0–255): eight well-separated hues, all saturated, so none can be taken
-#: for the light, low-saturation backgrounds or for each other.
+#: Named colours (sRGB, 0–255): eight saturated hues at least 33° apart in OKLCh hue (a perceptual
+#: space), so none can be taken for another or for the light, low-saturation backgrounds.
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (215, 35, 35),
-    "orange": (245, 125, 15),
-    "yellow": (235, 205, 20),
+    "red": (215, 30, 45),
+    "orange": (245, 135, 15),
+    "yellow": (235, 210, 25),
     "green": (40, 160, 60),
     "cyan": (20, 175, 200),
     "blue": (35, 70, 210),
     "purple": (135, 50, 195),
-    "pink": (235, 80, 170),
+    "pink": (230, 75, 180),
 }
 
 #: Every word for each shape; the first entry is the canonical name.

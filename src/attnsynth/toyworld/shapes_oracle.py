@@ -10,19 +10,21 @@ Detection (:func:`detect`)
     3. Connected components (8-connected). A component whose well-saturated pixels fall into two
        hue groups at least ``HUE_SPLIT_DEG`` apart (two touching objects of different colours)
        is split between them.
-    4. Each part gets a soft coverage map ``alpha = (chroma − background) / (core − background)``
-       (core = its 90th-percentile chroma), is cut at ``alpha ≥ 0.45`` into connected blobs
-       (blobs under ``min_area`` of the image are ignored), and each blob keeps the soft rim
-       around it; its interior is set to 1 so two-tone textures do not read as holes.
-    5. Colour: mean RGB of the blob's most saturated pixels (≥ 0.75 × its 90th percentile, so
-       texture stripes/dots in a darker or lighter tone are left out) → OKLab (a perceptual
-       space) → the palette entry with the nearest hue angle; lightness and chroma are ignored,
-       which tolerates shading, washed-out tones and slightly wrong colours.
+    4. Colour: mean RGB of the part's most saturated pixels (≥ 0.75 × its 90th-percentile
+       chroma, so texture stripes/dots in a darker or lighter tone are left out) → OKLab (a
+       perceptual space) → the palette entry with the nearest hue angle; lightness and chroma
+       are ignored, which tolerates shading, washed-out tones and slightly wrong colours.
+    5. Coverage by unmixing: ``alpha = ((p − bg) · (c − bg)) / |c − bg|²`` with ``c`` that colour
+       and ``bg`` the median of the unclaimed pixels around the component; it uses luminance as
+       well as chroma, so outlines survive chroma blur (e.g. JPEG). ``alpha ≥ 0.45`` cuts the
+       part into blobs (blobs under ``min_area`` of the image are ignored); each blob keeps its
+       soft rim (2 px).
     6. Shape, by analysis through synthesis: for every shape, the box that gives the blob's
        centroid and x/y variances is computed from the shape's known moments, the shape is drawn
        anti-aliased in that box on the blob's pixel grid (and smoothed like the image), and its
-       soft IoU with ``alpha`` is taken. The best shape wins; its IoU is the confidence and its
-       fitted box the detection's box. Blobs larger than ``FIT_SIZE`` px are block-averaged down
+       soft IoU with ``alpha`` is taken. The best shape wins and its fitted box is the
+       detection's box; the confidence is its IoU times min(r, 1/r), r being the box's stretch
+       against the shape's own proportions (two merged blobs do not pass for one wide square). Blobs larger than ``FIT_SIZE`` px are block-averaged down
        first. Everything is in the blob's own units, so it works at any scale and aspect ratio.
 
 Scoring (:func:`score`)
@@ -50,7 +52,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
-from attnsynth.toyworld.shapes_draw import box_coverage, shape_coverage
+from attnsynth.toyworld.shapes_draw import ASPECT, box_coverage, shape_coverage
 from attnsynth.toyworld.shapes_grammar import COLOURS, SHAPES, Box, Spec
 
 FIT_SIZE = 40  # blobs are compared with drawn shapes at most this many pixels across
@@ -109,7 +111,7 @@ class Detection:
     colour: str
     box: Box
     area: float
-    confidence: float  # soft IoU with the best shape template, in [0, 1]
+    confidence: float  # shape fit in [0, 1]: soft IoU with the drawn shape × proportion penalty
     colour_distance: float  # OKLCh hue gap (degrees) to the named colour
 
     @property
@@ -160,8 +162,11 @@ _MOMENTS = {s: _shape_moments(s) for s in SHAPES}
 
 
 def fit_shape(alpha: np.ndarray, *, smooth: float = 0.0) -> tuple[str, float, Box]:
-    """Best shape for a soft coverage map holding one object: ``(shape, soft IoU, box in pixels)``.
+    """Best shape for a soft coverage map holding one object: ``(shape, confidence, box in pixels)``.
 
+    The shape with the best soft IoU wins; confidence = that IoU × min(r, 1/r), r being how much
+    its fitted box is stretched against the shape's own proportions (so two merged blobs do not
+    pass for one wide square).
     ``alpha`` [h, w] in [0, 1] should leave a margin of ≥ 2 px around the object; ``smooth`` is
     the Gaussian σ (px) already applied to it, which the drawn candidates receive too.
     """
@@ -170,20 +175,20 @@ def fit_shape(alpha: np.ndarray, *, smooth: float = 0.0) -> tuple[str, float, Bo
         ph, pw = -alpha.shape[0] % factor, -alpha.shape[1] % factor
         padded = np.pad(alpha, ((0, ph), (0, pw)))
         alpha = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).mean(axis=(1, 3))
-    sigma = smooth / factor
     h, w = alpha.shape
     mass = alpha.sum()
     if mass <= 0:
         raise ValueError("alpha must hold a non-empty blob")
     xs, ys = np.arange(w) + 0.5, np.arange(h) + 0.5
     cx, cy = (alpha.sum(0) * xs).sum() / mass, (alpha.sum(1) * ys).sum() / mass
-    # Pixel-centre sums miss 1/12 px² of variance per axis; the smoothing added sigma².
-    vx = max((alpha.sum(0) * (xs - cx) ** 2).sum() / mass + 1 / 12 - sigma**2, 0.05)
-    vy = max((alpha.sum(1) * (ys - cy) ** 2).sum() / mass + 1 / 12 - sigma**2, 0.05)
+    # Pixel-centre sums miss 1/12 px² of variance per axis; the smoothing added sigma² (removed below).
+    vx = (alpha.sum(0) * (xs - cx) ** 2).sum() / mass + 1 / 12
+    vy = (alpha.sum(1) * (ys - cy) ** 2).sum() / mass + 1 / 12
+    sigma = smooth / factor
     best: tuple[float, str, Box] = (-1.0, SHAPES[0], (0.0, 0.0, 1.0, 1.0))
     for shape in SHAPES:
         ox, oy, kx, ky = _MOMENTS[shape]
-        bw, bh = np.sqrt(vx / kx), np.sqrt(vy / ky)
+        bw, bh = np.sqrt(max(vx - sigma**2, 0.05) / kx), np.sqrt(max(vy - sigma**2, 0.05) / ky)
         x0, y0 = cx - ox * bw - bw / 2, cy - oy * bh - bh / 2
         box = (float(x0), float(y0), float(x0 + bw), float(y0 + bh))
         model = box_coverage(shape, box, h, w)
@@ -193,7 +198,9 @@ def fit_shape(alpha: np.ndarray, *, smooth: float = 0.0) -> tuple[str, float, Bo
         if iou > best[0]:
             best = (iou, shape, box)
     iou, shape, box = best
-    return shape, iou, tuple(float(c * factor) for c in box)  # type: ignore[return-value]
+    stretch = ((box[2] - box[0]) / (box[3] - box[1])) / ASPECT[shape]
+    confidence = iou * min(stretch, 1.0 / stretch)  # shapes are drawn with fixed proportions
+    return shape, confidence, tuple(float(c * factor) for c in box)  # type: ignore[return-value]
 
 
 def _split_by_hue(comp: np.ndarray, hue: np.ndarray, chroma: np.ndarray, min_pixels: int) -> list[np.ndarray]:
@@ -227,7 +234,7 @@ def detect(image: Any, *, min_area: float = 0.003, gate: float = 0.2, smooth: fl
     chroma = rgb.max(-1) - rgb.min(-1)  # [H, W]
     hue = _hue_deg(rgb)  # [H, W]
     foreground = chroma >= gate
-    floor = float(np.median(chroma[~foreground])) if (~foreground).any() else 0.0
+    background = np.median(rgb[~foreground], axis=0) if (~foreground).any() else np.ones(3)  # [3]
     min_pixels = max(4, int(np.ceil(min_area * height * width)))
     eight = np.ones((3, 3), dtype=bool)
     labels, _ = ndimage.label(foreground, structure=eight)
@@ -235,28 +242,34 @@ def detect(image: Any, *, min_area: float = 0.003, gate: float = 0.2, smooth: fl
     for index, (ys, xs) in enumerate(ndimage.find_objects(labels), start=1):
         if (labels[ys, xs] == index).sum() < min_pixels:
             continue
-        # Window with a 3 px margin, for the soft rims.
-        ys = slice(max(ys.start - 3, 0), min(ys.stop + 3, height))
-        xs = slice(max(xs.start - 3, 0), min(xs.stop + 3, width))
+        # Window with a margin for the soft rims; its unclaimed pixels give the local background.
+        ys = slice(max(ys.start - 4, 0), min(ys.stop + 4, height))
+        xs = slice(max(xs.start - 4, 0), min(xs.stop + 4, width))
         lab, c_win, h_win, rgb_win = labels[ys, xs], chroma[ys, xs], hue[ys, xs], rgb[ys, xs]
         comp = lab == index
-        free = (lab == 0) | comp  # pixels no other component claims
-        for part in _split_by_hue(comp, h_win, c_win, min_pixels):
-            if part.sum() < min_pixels:
-                continue
-            core = np.percentile(c_win[part], 90)
-            alpha = np.clip((c_win - floor) / max(core - floor, 1e-6), 0.0, 1.0)
-            blobs, _ = ndimage.label(part & (alpha >= 0.45), structure=eight)
-            for b in range(1, blobs.max() + 1):
+        local_bg = np.median(rgb_win[lab == 0], axis=0) if (lab == 0).sum() >= 8 else background
+        parts = [p for p in _split_by_hue(comp, h_win, c_win, min_pixels) if p.sum() >= min_pixels]
+        for k, part in enumerate(parts):
+            pix_chroma = c_win[part]
+            core = part & (c_win >= 0.75 * np.percentile(pix_chroma, 90))
+            colour_rgb = rgb_win[core].mean(axis=0)  # [3]
+            colour, distance = classify_colour(colour_rgb)
+            # Coverage by unmixing: each pixel = alpha * object colour + (1 - alpha) * background.
+            direction = colour_rgb - local_bg
+            alpha = np.clip((rgb_win - local_bg) @ direction / max(float(direction @ direction), 1e-6), 0.0, 1.0)  # [h, w]
+            others = np.zeros_like(part)
+            for j, other in enumerate(parts):
+                if j != k:
+                    others |= other
+            region = ndimage.binary_dilation(part, iterations=2) & ((lab == 0) | comp) & ~others
+            alpha = np.where(region, alpha, 0.0)
+            blobs, n_blobs = ndimage.label(alpha >= 0.45, structure=eight)
+            for b in range(1, n_blobs + 1):
                 blob = blobs == b
-                area = int(blob.sum())
-                if area < min_pixels:
+                if blob.sum() < min_pixels:
                     continue
-                rim = ndimage.binary_dilation(blob, iterations=2) & free & ((blobs == 0) | blob)
-                soft = np.where(ndimage.binary_erosion(blob), 1.0, np.where(rim, alpha, 0.0))
-                pix_chroma = c_win[blob]
-                colour_pixels = rgb_win[blob][pix_chroma >= 0.75 * np.percentile(pix_chroma, 90)]  # [N, 3]
-                colour, distance = classify_colour(colour_pixels.mean(axis=0))
+                rim = ndimage.binary_dilation(blob, iterations=2) & ((blobs == 0) | blob)
+                soft = np.where(rim, alpha, 0.0)
                 shape, confidence, (bx0, by0, bx1, by1) = fit_shape(soft, smooth=smooth)
                 box = (
                     float(np.clip((xs.start + bx0) / width, 0, 1)),
