@@ -59,7 +59,9 @@ def descend(logits, loss_fn, steps, lr=0.05):
 
 
 def group(name, tokens, attributes=(), spans=()):
-    return SubjectGroup(name=name, token_indices=tuple(tokens), attribute_indices=tuple(attributes), mention_spans=spans)
+    return SubjectGroup(
+        name=name, token_indices=tuple(tokens), attribute_indices=tuple(attributes), mention_spans=spans
+    )
 
 
 CAT, DOG, BIRD, FROG = group("cat", [2]), group("dog", [5]), group("bird", [7]), group("frog", [8])
@@ -271,8 +273,10 @@ def test_attend_excite_loss_matches_diffusers(indices):
         # The original A&E slice [1:L-1] equals diffusers' [1:-1] on the first L tokens.
         peaks = reference._compute_max_attention_per_index(maps[b, :, :, :9].clone(), indices)
         torch.testing.assert_close(ours_prompt[b], torch.as_tensor(reference._compute_loss(peaks)), rtol=0, atol=1e-6)
-        per_token = max_attention_per_subject(maps[b : b + 1], [group(str(i), [i]) for i in indices], prompt_length=None)
-        torch.testing.assert_close(per_token[0], torch.stack(reference._compute_max_attention_per_index(maps[b].clone(), indices)))
+        singles = [group(str(i), [i]) for i in indices]
+        per_token = max_attention_per_subject(maps[b : b + 1], singles, prompt_length=None)
+        peaks = reference._compute_max_attention_per_index(maps[b].clone(), indices)
+        torch.testing.assert_close(per_token[0], torch.stack(peaks))
 
 
 def test_attend_excite_half_precision_is_close_to_float32():
@@ -377,14 +381,17 @@ def test_guidance_loss_ait2i_is_the_weighted_sum_of_the_paper():
     torch.testing.assert_close(parts["attribute"], attribute_loss(maps, groups, reduction="sum"))
     torch.testing.assert_close(parts["isolation"], isolation_loss(maps, groups))
     torch.testing.assert_close(parts["excitation"], excitation_loss(maps, groups, prompt_length=T))
-    expected = 2.0 * parts["isolation"] + 1.25 * parts["aggregation"] + 0.25 * parts["excitation"] + 0.75 * parts["attribute"]
+    expected = (
+        2.0 * parts["isolation"] + 1.25 * parts["aggregation"] + 0.25 * parts["excitation"] + 0.75 * parts["attribute"]
+    )
     torch.testing.assert_close(total, expected)
     assert DEFAULT_WEIGHTS["ait2i"] == {"isolation": 2.0, "aggregation": 1.25, "excitation": 0.25, "attribute": 0.75}
 
 
 def test_guidance_loss_weights_override_and_skip_zero_terms():
     maps = torch.rand(2, H, W, T)
-    total, parts = guidance_loss("ait2i", maps, [CAT, DOG], prompt_length=T, weights={"excitation": 0, "isolation": 1.0})
+    weights = {"excitation": 0, "isolation": 1.0}
+    total, parts = guidance_loss("ait2i", maps, [CAT, DOG], prompt_length=T, weights=weights)
     assert "excitation" not in parts
     torch.testing.assert_close(total, parts["isolation"] + 1.25 * parts["aggregation"] + 0.75 * parts["attribute"])
     _, cosine = guidance_loss("ait2i", maps, [CAT, DOG], prompt_length=T, isolation_distance="cosine")
@@ -441,7 +448,8 @@ def test_losses_and_gradients_never_synchronise_on_cuda():
 
     def run():
         for method in METHODS:
-            total, _ = guidance_loss(method, maps, groups, prompt_length=12, boxes=boxes if method == "layout" else None)
+            chosen = boxes if method == "layout" else None
+            total, _ = guidance_loss(method, maps, groups, prompt_length=12, boxes=chosen)
             torch.autograd.grad(total.sum(), maps)
         attend_excite_loss(maps, [2, 5], prompt_length=None)
 

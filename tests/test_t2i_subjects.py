@@ -123,7 +123,8 @@ def test_auto_heuristic_picks_nouns(tokenizer, fake_spacy):
     assert words_of(tokenizer, prompt, bench.attribute_indices) == "wooden"
     assert [g.name for g in resolve_subjects("a cat chasing a cat", "auto", tokenizer)] == ["cat"]
     assert [g.name for g in resolve_subjects("a red car parked next to a bench", "auto", tokenizer)] == ["car", "bench"]
-    assert [g.name for g in resolve_subjects("two hedgehogs and a sunflower", "auto", tokenizer)] == ["hedgehogs", "sunflower"]
+    names = [g.name for g in resolve_subjects("two hedgehogs and a sunflower", "auto", tokenizer)]
+    assert names == ["hedgehogs", "sunflower"]
     with pytest.raises(ValueError, match="found no nouns"):
         resolve_subjects("a red and blue", "auto", tokenizer)
 
@@ -199,7 +200,8 @@ def test_bad_subject_requests(tokenizer, subjects, message):
 def test_without_offsets_gives_the_same_groups(tokenizer):
     prompt = "A small red cat, chasing a hedgehog's dark-blue sunflower!"
     subjects = [["cat", "kitten"], "hedgehog", "sunflower"]
-    assert resolve_subjects(prompt, subjects, NoOffsetsTokenizer(tokenizer)) == resolve_subjects(prompt, subjects, tokenizer)
+    with_offsets = resolve_subjects(prompt, subjects, tokenizer)
+    assert resolve_subjects(prompt, subjects, NoOffsetsTokenizer(tokenizer)) == with_offsets
 
 
 def test_tokenizers_that_merge_across_pieces_fall_back_to_prefixes():
@@ -211,7 +213,8 @@ def test_tokenizers_that_merge_across_pieces_fall_back_to_prefixes():
 
 def test_count_prompt_tokens(tokenizer):
     assert count_prompt_tokens("a cat and a dog", tokenizer) == 7
-    assert count_prompt_tokens("a hedgehog", tokenizer) == 3 + len(resolve_subjects("a hedgehog", ["hedgehog"], tokenizer)[0].token_indices)
+    (hedgehog,) = resolve_subjects("a hedgehog", ["hedgehog"], tokenizer)
+    assert count_prompt_tokens("a hedgehog", tokenizer) == 3 + len(hedgehog.token_indices)  # BOS, "a", EOS
 
 
 def test_subject_group_validation_and_defaults():
