@@ -45,9 +45,12 @@ NUM_CLASSES = LABELSET.num_classes
 DATASET_VERSION = 1
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class FaceScene:
-    """One rendered toy face: ``image`` [H, W, 3] uint8, ``labels`` [H, W] uint8 class ids, ``record``."""
+    """One rendered toy face: ``image`` [H, W, 3] uint8, ``labels`` [H, W] uint8 class ids, ``record``.
+
+    Compared by identity (arrays have no single truth value); compare ``record`` or the arrays.
+    """
 
     image: np.ndarray
     labels: np.ndarray

@@ -253,8 +253,9 @@ _METALS = np.array([[0.80, 0.64, 0.24], [0.74, 0.74, 0.78], [0.86, 0.83, 0.76]])
 
 
 def _rgb(values: np.ndarray) -> RGB:
-    v = np.clip(values, 0.03, 0.78)
-    return (float(v[0]), float(v[1]), float(v[2]))
+    """Colour triple clipped to the albedo range [0.03, 0.78] (leaves head-room for light)."""
+    r, g, b = (min(0.78, max(0.03, float(c))) for c in values)
+    return (r, g, b)
 
 
 def _pick(rng: np.random.Generator, options: Sequence[Any], p: Sequence[float] | None = None) -> Any:
@@ -270,9 +271,10 @@ def _pick(rng: np.random.Generator, options: Sequence[Any], p: Sequence[float] |
     return options[len(options) - 1]
 
 
-def _random_texture(rng: np.random.Generator, color: np.ndarray, *, kinds: tuple[str, ...], p: list[float] | None,
+def _random_texture(rng: np.random.Generator, color: np.ndarray, *, kinds: tuple[str, ...], p: Sequence[float] | None,
                     contrast: tuple[float, float], frequency: tuple[float, float] = (2.5, 6.0),
                     angle: float | None = None) -> ClassStyle:
+    """A style of colour ``color`` with a texture kind drawn from ``kinds`` (probabilities ``p``)."""
     kind = _pick(rng, kinds, p)
     octave = 2.0 if kind == "noise" else 1.0  # value noise is blobbier than periodic patterns
     return ClassStyle(
@@ -288,68 +290,46 @@ def _random_texture(rng: np.random.Generator, color: np.ndarray, *, kinds: tuple
 
 def _vivid(rng: np.random.Generator, saturation: tuple[float, float], value: tuple[float, float]) -> np.ndarray:
     """Random colour from hue/saturation/value ranges (a tiny HSV → RGB)."""
-    h, s, v = rng.uniform(0, 1), rng.uniform(*saturation), rng.uniform(*value)
-    k = (np.array([5.0, 3.0, 1.0]) + h * 6) % 6
-    return v - v * s * np.clip(np.minimum(k, 4 - k), 0, 1)
+    h, s, v = rng.random(3).tolist()
+    s = saturation[0] + s * (saturation[1] - saturation[0])
+    v = value[0] + v * (value[1] - value[0])
+    k = [(n + h * 6.0) % 6.0 for n in (5.0, 3.0, 1.0)]
+    return np.array([v - v * s * min(1.0, max(0.0, min(kk, 4.0 - kk))) for kk in k])
+
+
+# Uniform ranges of the continuous geometry parameters (face units, see FaceGeometry).
+_GEOMETRY_RANGES: dict[str, tuple[float, float]] = {
+    "cx": (-0.1, 0.1), "cy": (-0.1, 0.06), "scale": (0.36, 0.46), "aspect": (1.2, 1.4), "jaw": (0.05, 0.3),
+    "eye_dx": (0.36, 0.46), "eye_dy": (-0.12, 0.0), "eye_rx": (0.15, 0.21), "eye_ry": (0.07, 0.12),
+    "brow_gap": (0.1, 0.18), "brow_thick": (0.06, 0.1), "brow_len": (0.2, 0.28), "brow_arch": (0.0, 0.6),
+    "brow_tilt": (-0.12, 0.12), "nose_len": (0.25, 0.4), "nose_w": (0.1, 0.17), "nose_tip": (0.32, 0.42),
+    "mouth_y": (0.66, 0.8), "mouth_w": (0.28, 0.42), "smile": (-0.15, 0.35), "upper_lip": (0.05, 0.09),
+    "lower_lip": (0.06, 0.11), "ear_y": (-0.05, 0.1), "ear_rx": (0.13, 0.18), "ear_ry": (0.22, 0.32),
+    "neck_w": (0.45, 0.6), "shoulder_drop": (0.1, 0.35), "shoulder_w": (2.2, 3.0), "shoulder_h": (0.3, 0.6),
+    "neckline_depth": (0.2, 0.5), "hair_volume": (1.08, 1.25), "hairline": (-0.75, -0.5), "hair_length": (1.6, 2.6),
+    "glasses_size": (1.25, 1.5), "glasses_thick": (0.04, 0.07), "hat_line": (-0.85, -0.6), "hat_height": (0.6, 1.0),
+    "hat_brim": (1.25, 1.6), "earring_r": (0.06, 0.09), "necklace_drop": (0.2, 0.45), "necklace_thick": (0.05, 0.08),
+}
+_GEOMETRY_LOW = np.array([lo for lo, _ in _GEOMETRY_RANGES.values()])
+_GEOMETRY_SPAN = np.array([hi - lo for lo, hi in _GEOMETRY_RANGES.values()])
 
 
 def sample_geometry(rng: np.random.Generator) -> FaceGeometry:
     """Draw a face shape: pose, proportions, hair style and optional accessories."""
-    u = rng.uniform
-    hair_style = _pick(rng, HAIR_STYLES, [0.25, 0.24, 0.12, 0.18, 0.09, 0.12])
-    mouth_open = 0.0 if u() < 0.4 else float(u(0.03, 0.12))
-    earrings = _pick(rng, EARRINGS, [0.72, 0.07, 0.07, 0.14])
+    values = (_GEOMETRY_LOW + _GEOMETRY_SPAN * rng.random(len(_GEOMETRY_LOW))).tolist()  # one vector draw
+    shape = dict(zip(_GEOMETRY_RANGES, values))
+    flags = rng.random(5).tolist()  # mouth open?, opening, glasses, hat, necklace
     return FaceGeometry(
-        cx=float(u(-0.1, 0.1)),
-        cy=float(u(-0.1, 0.06)),
-        scale=float(u(0.36, 0.46)),
-        rotation=float(np.clip(rng.normal(0.0, 8.0), -20.0, 20.0)),
-        aspect=float(u(1.2, 1.4)),
-        jaw=float(u(0.05, 0.3)),
-        eye_dx=float(u(0.36, 0.46)),
-        eye_dy=float(u(-0.12, 0.0)),
-        eye_rx=float(u(0.15, 0.21)),
-        eye_ry=float(u(0.07, 0.12)),
-        brow_gap=float(u(0.1, 0.18)),
-        brow_thick=float(u(0.06, 0.1)),
-        brow_len=float(u(0.2, 0.28)),
-        brow_arch=float(u(0.0, 0.6)),
-        brow_tilt=float(u(-0.12, 0.12)),
-        nose_len=float(u(0.25, 0.4)),
-        nose_w=float(u(0.1, 0.17)),
-        nose_tip=float(u(0.32, 0.42)),
-        mouth_y=float(u(0.66, 0.8)),
-        mouth_w=float(u(0.28, 0.42)),
-        mouth_open=mouth_open,
-        smile=float(u(-0.15, 0.35)),
-        upper_lip=float(u(0.05, 0.09)),
-        lower_lip=float(u(0.06, 0.11)),
-        ear_y=float(u(-0.05, 0.1)),
-        ear_rx=float(u(0.13, 0.18)),
-        ear_ry=float(u(0.22, 0.32)),
-        neck_w=float(u(0.45, 0.6)),
-        shoulder_drop=float(u(0.1, 0.35)),
-        shoulder_w=float(u(2.2, 3.0)),
-        shoulder_h=float(u(0.3, 0.6)),
-        neckline=_pick(rng, NECKLINES, [0.4, 0.35, 0.25]),
-        neckline_depth=float(u(0.2, 0.5)),
-        hair_style=hair_style,
-        hair_volume=float(u(1.08, 1.25)),
-        hairline=float(u(-0.75, -0.5)),
-        hair_part=_pick(rng, (-1.0, 1.0)) * float(u(0.2, 0.6)),
-        hair_length=float(u(1.6, 2.6)),
-        glasses=bool(u() < 0.25),
-        glasses_size=float(u(1.25, 1.5)),
-        glasses_thick=float(u(0.04, 0.07)),
-        hat=bool(u() < 0.15),
-        hat_line=float(u(-0.85, -0.6)),
-        hat_height=float(u(0.6, 1.0)),
-        hat_brim=float(u(1.25, 1.6)),
-        earrings=earrings,
-        earring_r=float(u(0.06, 0.09)),
-        necklace=bool(u() < 0.2),
-        necklace_drop=float(u(0.2, 0.45)),
-        necklace_thick=float(u(0.05, 0.08)),
+        **shape,
+        rotation=min(20.0, max(-20.0, 8.0 * float(rng.standard_normal()))),
+        mouth_open=0.0 if flags[0] < 0.4 else 0.03 + 0.09 * flags[1],
+        neckline=_pick(rng, NECKLINES, (0.4, 0.35, 0.25)),
+        hair_style=_pick(rng, HAIR_STYLES, (0.25, 0.24, 0.12, 0.18, 0.09, 0.12)),
+        hair_part=_pick(rng, (-1.0, 1.0)) * float(rng.uniform(0.2, 0.6)),
+        glasses=flags[2] < 0.25,
+        hat=flags[3] < 0.15,
+        earrings=_pick(rng, EARRINGS, (0.72, 0.07, 0.07, 0.14)),
+        necklace=flags[4] < 0.2,
     )
 
 
