@@ -59,6 +59,13 @@ ASPECT: dict[str, float] = {
 }
 assert set(POLYGONS) == set(ASPECT) == set(SHAPES)
 
+# Non-horizontal polygon edges (xa, ya, xb, yb), the only ones the crossing rule needs.
+_EDGES = {
+    s: [(float(a[0]), float(a[1]), float(b[0]), float(b[1])) for a, b in zip(p, np.roll(p, -1, axis=0)) if a[1] != b[1]]
+    for s, p in POLYGONS.items()
+    if p is not None
+}
+
 
 def inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Boolean mask of points (u, v) in the shape's box coordinates [-1, 1]² that lie inside it."""
@@ -66,32 +73,31 @@ def inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if poly is None:
         return u * u + v * v <= 1.0
     result = np.zeros(np.broadcast(u, v).shape, dtype=bool)
-    for (xa, ya), (xb, yb) in zip(poly, np.roll(poly, -1, axis=0)):  # even-odd crossing rule
-        if ya == yb:
-            continue
+    for xa, ya, xb, yb in _EDGES[shape]:  # even-odd crossing rule
         crosses = (ya > v) != (yb > v)
         x_cross = xa + (v - ya) * ((xb - xa) / (yb - ya))
-        result ^= crosses & (u < x_cross)
+        result ^= crosses & (u < x_cross)  # [H, 1] & ([1, W] < [H, 1]) when given a window
     return result
 
 
 def window_uv(box: Box, height: int, width: int, supersample: int) -> tuple[np.ndarray, np.ndarray]:
-    """Shape-box coordinates (u, v) of ``supersample``² points per pixel of a height×width window.
+    """Shape-box coordinates of ``supersample``² points per pixel of a height×width window.
 
     ``box`` is given in the window's pixel units (pixel (r, c) covers [c, c+1) × [r, r+1)).
-    Returns two [height*supersample, width*supersample] arrays.
+    Returns u [1, width*supersample] and v [height*supersample, 1], which broadcast to the grid.
     """
     x0, y0, x1, y1 = box
     offs = (np.arange(supersample) + 0.5) / supersample
-    xs = ((np.arange(width)[:, None] + offs[None, :]).ravel() - x0) / (x1 - x0) * 2.0 - 1.0
-    ys = ((np.arange(height)[:, None] + offs[None, :]).ravel() - y0) / (y1 - y0) * 2.0 - 1.0
-    return np.meshgrid(xs, ys)
+    u = ((np.arange(width)[:, None] + offs[None, :]).reshape(1, -1) - x0) * (2.0 / (x1 - x0)) - 1.0
+    v = ((np.arange(height)[:, None] + offs[None, :]).reshape(-1, 1) - y0) * (2.0 / (y1 - y0)) - 1.0
+    return u, v
 
 
 def box_coverage(shape: str, box: Box, height: int, width: int, supersample: int = 4) -> np.ndarray:
     """[height, width] fraction of each pixel covered by ``shape`` drawn in ``box`` (window pixel units)."""
     u, v = window_uv(box, height, width, supersample)
-    return inside(shape, u, v).reshape(height, supersample, width, supersample).mean(axis=(1, 3))
+    hits = inside(shape, u, v).reshape(height, supersample, width, supersample).sum(axis=(1, 3))
+    return hits * (1.0 / supersample**2)
 
 
 def shape_coverage(shape: str, size: int, supersample: int = 4) -> np.ndarray:
@@ -243,7 +249,7 @@ def _texture_mask(inst: Instance, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         cell_v = (v + 1.0) * inst.frequency / 2.0
         du, dv = cell_u - np.floor(cell_u) - 0.5, cell_v - np.floor(cell_v) - 0.5
         return du * du + dv * dv <= 0.3**2
-    return np.zeros(u.shape, dtype=bool)
+    return np.zeros(np.broadcast(u, v).shape, dtype=bool)
 
 
 def draw(instances: list[Instance], background: Background, resolution: int, rng: np.random.Generator) -> np.ndarray:

@@ -41,7 +41,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 30, 45),
     "orange": (245, 135, 15),
     "yellow": (235, 210, 25),
-    "green": (40, 160, 60),
+    "green": (25, 170, 55),
     "cyan": (20, 175, 200),
     "blue": (35, 70, 210),
     "purple": (135, 50, 195),
