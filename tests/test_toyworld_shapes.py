@@ -204,7 +204,8 @@ def test_sample_prompt():
     assert any(o.count > 1 for spec in counted for o in spec.objects)
     bare = [sample_prompt(s, 2, colour_prob=0.0)[1] for s in range(5)]
     assert all(o.colour is None for spec in bare for o in spec.objects)
-    for args, word in [((0, 0), "n_subjects"), ((0, 5), "n_subjects"), ((-1, 2), "seed"), ((0, 3, "above"), "2 subjects"), ((0, 2, "on"), "relation")]:
+    bad = [((0, 0), "n_subjects"), ((0, 5), "n_subjects"), ((-1, 2), "seed"), ((0, 3, "above"), "2 subjects"), ((0, 2, "on"), "relation")]
+    for args, word in bad:
         with pytest.raises(ValueError, match=word):
             sample_prompt(*args)
 
@@ -295,6 +296,25 @@ def test_oracle_is_robust_to_blur_and_noise(scenes64, blur, noise, n):
     assert np.mean([_correct(r) for r in results]) >= 0.98
 
 
+def _rotate(image, degrees):
+    fill = np.median(image.reshape(-1, 3), axis=0)
+    planes = [ndimage.rotate(image[..., c].astype(float), degrees, reshape=False, order=1, cval=fill[c]) for c in range(3)]
+    return np.clip(np.stack(planes, axis=-1), 0, 255).astype(np.uint8)
+
+
+def _stretch(image, factor):
+    wide = ndimage.zoom(image.astype(float), (1, factor, 1), order=1)
+    start = (wide.shape[1] - image.shape[1]) // 2
+    return np.clip(wide[:, start : start + image.shape[1]], 0, 255).astype(np.uint8)
+
+
+def test_oracle_tolerates_imperfect_shapes(scenes64):
+    """Slightly rotated or stretched objects (as a model might draw them) are still recognised."""
+    for distort in (lambda im: _rotate(im, 8.0), lambda im: _stretch(im, 1.15)):
+        results = [score(distort(s.image), s.spec) for s in scenes64[:60]]
+        assert np.mean([r["all_present"] for r in results]) >= 0.95
+
+
 def test_oracle_tolerates_slightly_wrong_colours():
     rng = np.random.default_rng(1)
     import colorsys
@@ -358,7 +378,8 @@ def test_score_matching_rules():
     assert score(image, spec, detections=[_det("circle", "red", right), _det("square", "blue", left)])["relations_correct"] == [False]
     assert score(image, spec, detections=[_det("square", "blue", right)])["relations_correct"] == [False]
     assert relation_satisfied(right, low, "above") and relation_satisfied(low, right, "below") and not relation_satisfied(left, low, "above")
-    assert relation_satisfied(left, (0.45, 0.4, 0.65, 0.6), "next to") and not relation_satisfied(left, right, "next to") and not relation_satisfied((0.0, 0.0, 0.1, 0.1), (0.7, 0.7, 0.9, 0.9), "next to")
+    assert relation_satisfied(left, (0.45, 0.4, 0.65, 0.6), "next to")
+    assert not relation_satisfied(left, right, "next to") and not relation_satisfied((0.0, 0.0, 0.1, 0.1), (0.7, 0.7, 0.9, 0.9), "next to")
 
 
 # ----------------------------------------------------------------------------- export
@@ -386,13 +407,18 @@ def test_export_round_trip_and_byte_identical(tmp_path):
     assert shapes.export(tmp_path / "empty", n=0, resolution=32, seed=0).joinpath("metadata.jsonl").read_text() == ""
 
 
-@pytest.mark.parametrize(("kwargs", "word"), [({"n": -1}, "n"), ({"resolution": 16}, "resolution"), ({"resolution": 600}, "resolution"), ({"seed": -3}, "seed")])
+@pytest.mark.parametrize(
+    ("kwargs", "word"), [({"n": -1}, "n"), ({"resolution": 16}, "resolution"), ({"resolution": 600}, "resolution"), ({"seed": -3}, "seed")]
+)
 def test_export_rejects_bad_arguments(tmp_path, kwargs, word):
     args = {"n": 2, "resolution": 32, "seed": 0, **kwargs}
     with pytest.raises(ValueError, match=word) as info:
         shapes.export(tmp_path / "x", **args)
     assert "\n" not in str(info.value) and not (tmp_path / "x").exists()
-    with pytest.raises(FileNotFoundError):
+
+
+def test_read_export_needs_metadata(tmp_path):
+    with pytest.raises(FileNotFoundError, match="metadata.jsonl"):
         next(shapes.read_export(tmp_path / "missing"))
 
 

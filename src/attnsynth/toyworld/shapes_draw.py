@@ -20,6 +20,8 @@ MAX_SIZE = {1: 0.6, 2: 0.45, 3: 0.38, 4: 0.34}  # largest side, by number of ins
 BORDER = 0.03  # free margin along the image border
 GAP = 0.05  # minimum free space between two objects' boxes (along x or along y)
 NEXT_TO_MAX_GAP = 0.12  # "next to" pairs are drawn at most this far apart
+LAYOUT_TRIES = 256  # candidate positions drawn per object before the sizes shrink
+TEXTURE_PROB = 0.35  # share of objects drawn with two-tone stripes or dots
 
 STAR_INNER = 0.48  # inner / outer radius of the five-pointed star
 CROSS_ARM = 0.36  # half-width of the cross's arms, in its [-1, 1] box
@@ -133,10 +135,10 @@ def relation_drawn(a: np.ndarray, b: np.ndarray, relation: str) -> np.ndarray:
     raise ValueError(f"relation must be one of {', '.join(RELATIONS)}, got {relation!r}")
 
 
-def sample_layout(rng: np.random.Generator, objects: list[ObjectSpec], relations: list[tuple[int, str, int]], *, tries: int = 256) -> list[tuple[Box, ...]]:
+def sample_layout(rng: np.random.Generator, objects: list[ObjectSpec], relations: list[tuple[int, str, int]]) -> list[tuple[Box, ...]]:
     """Boxes for every instance of every object: inside the border, pairwise ``GAP`` apart, relations drawn.
 
-    Objects are placed one by one, each at the first of ``tries`` uniform candidate positions
+    Objects are placed one by one, each at the first of ``LAYOUT_TRIES`` uniform candidate positions
     that fits; if one does not fit, all sizes shrink by 7 % (never below ``MIN_SIZE``) and the
     layout starts over. Deterministic for a given ``rng`` state.
     """
@@ -149,9 +151,9 @@ def sample_layout(rng: np.random.Generator, objects: list[ObjectSpec], relations
         boxes = np.zeros((0, 4))
         for k, (size, shape) in enumerate(zip(sizes, shapes)):
             w, h = (size, size / ASPECT[shape]) if ASPECT[shape] >= 1 else (size * ASPECT[shape], size)
-            cx = rng.uniform(BORDER + w / 2, 1 - BORDER - w / 2, size=tries)
-            cy = rng.uniform(BORDER + h / 2, 1 - BORDER - h / 2, size=tries)
-            cand = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)  # [tries, 4]
+            cx = rng.uniform(BORDER + w / 2, 1 - BORDER - w / 2, size=LAYOUT_TRIES)
+            cy = rng.uniform(BORDER + h / 2, 1 - BORDER - h / 2, size=LAYOUT_TRIES)
+            cand = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)  # [LAYOUT_TRIES, 4]
             ok = _apart(cand[:, None, :], boxes[None, :, :], GAP).all(axis=1)
             for i, rel, j in relations:
                 if first[j] == k and first[i] < k:
@@ -205,7 +207,7 @@ def jitter_colour(rng: np.random.Generator, name: str) -> tuple[float, float, fl
     return colorsys.hsv_to_rgb(h, s, v)
 
 
-def sample_instances(rng: np.random.Generator, objects: list[ObjectSpec], boxes: list[tuple[Box, ...]], *, texture_prob: float = 0.35) -> list[Instance]:
+def sample_instances(rng: np.random.Generator, objects: list[ObjectSpec], boxes: list[tuple[Box, ...]]) -> list[Instance]:
     """Colour and texture for every instance; a colourless subject gets one random palette colour."""
     names = list(COLOURS)
     out: list[Instance] = []
@@ -214,7 +216,7 @@ def sample_instances(rng: np.random.Generator, objects: list[ObjectSpec], boxes:
         for box in obj_boxes:
             rgb = jitter_colour(rng, colour)
             texture, shade, angle, frequency = "plain", None, 0.0, 3.0
-            if rng.random() < texture_prob:
+            if rng.random() < TEXTURE_PROB:
                 texture = "stripes" if rng.random() < 0.6 else "dots"
                 if rng.random() < 0.5:
                     shade = tuple(c * 0.65 for c in rgb)  # darker tone
@@ -229,7 +231,8 @@ def sample_instances(rng: np.random.Generator, objects: list[ObjectSpec], boxes:
 def sample_background(rng: np.random.Generator) -> Background:
     """A light (value 0.88–0.97), barely saturated (≤ 0.08) colour with a mild gradient and noise."""
     rgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.0, 0.08), rng.uniform(0.88, 0.97))
-    return Background(rgb=rgb, angle=float(rng.uniform(0.0, 360.0)), amplitude=float(rng.uniform(0.0, 0.06)), noise=float(rng.uniform(0.0, 2.0)) / 255.0)
+    angle, amplitude = float(rng.uniform(0.0, 360.0)), float(rng.uniform(0.0, 0.06))
+    return Background(rgb=rgb, angle=angle, amplitude=amplitude, noise=float(rng.uniform(0.0, 2.0)) / 255.0)
 
 
 # ----------------------------------------------------------------------------- pixels

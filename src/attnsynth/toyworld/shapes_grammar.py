@@ -73,6 +73,7 @@ RELATION_PHRASES: dict[str, tuple[str, ...]] = {
 NUMBER_WORDS: dict[str, int] = {"two": 2, "three": 3, "four": 4}
 MAX_SUBJECTS = 4
 MAX_INSTANCES = 4  # object instances in a generated caption (counts included)
+RELATION_PROB = 0.25  # share of generated captions that are a relation between two subjects
 
 _PLURAL_IRREGULAR = {"box": "boxes", "cross": "crosses", "rhombus": "rhombuses"}
 _SINGULAR_WORDS: dict[str, str] = {w: s for s, words in SYNONYMS.items() for w in words}
@@ -259,14 +260,14 @@ def sample_objects(
     relation: str | None = None,
     allow_counts: bool = True,
     colour_prob: float = 0.92,
-    relation_prob: float = 0.25,
 ) -> tuple[list[ObjectSpec], list[tuple[int, str, int]]]:
     """Draw the subjects of a caption (no boxes) and its relation, if any.
 
     ``n_subjects``/``relation`` None means "draw at random": a relation with probability
-    ``relation_prob`` (then exactly two singular subjects), otherwise 1–4 subjects.
+    ``RELATION_PROB`` (then exactly two singular subjects), otherwise 1–4 subjects. Each subject
+    is named with a colour with probability ``colour_prob``; counts appear when ``allow_counts``.
     """
-    if relation is None and n_subjects is None and rng.random() < relation_prob:
+    if relation is None and n_subjects is None and rng.random() < RELATION_PROB:
         relation = RELATIONS[int(rng.integers(len(RELATIONS)))]
     if relation is not None:
         n_subjects, allow_counts = 2, False
@@ -298,7 +299,7 @@ def sample_objects(
 
 def compose_caption(rng: np.random.Generator, objects: list[ObjectSpec], relations: list[tuple[int, str, int]]) -> tuple[str, tuple[Subject, ...]]:
     """Write a caption for the given subjects (synonyms and phrasings drawn at random) with word spans."""
-    if relations and (len(objects) != 2 or relations[0][:3:2] != (0, 1) or len(relations) != 1):
+    if relations and (len(relations) != 1 or len(objects) != 2 or (relations[0][0], relations[0][2]) != (0, 1)):
         raise ValueError(f"a relation caption joins exactly objects 0 and 1, got {len(objects)} objects and {relations}")
     text = ""
     subjects: list[Subject] = []
@@ -338,7 +339,9 @@ def sample_caption(rng: np.random.Generator, **kwargs: Any) -> tuple[str, Spec]:
     return caption, Spec(objects=tuple(objects), relations=tuple(relations), subjects=subjects)
 
 
-def sample_prompt(seed: int, n_subjects: int, relation: str | None = None, *, allow_counts: bool = False, colour_prob: float = 1.0) -> tuple[str, Spec]:
+def sample_prompt(
+    seed: int, n_subjects: int, relation: str | None = None, *, allow_counts: bool = False, colour_prob: float = 1.0
+) -> tuple[str, Spec]:
     """A prompt and its spec without an image (benchmarks draw prompts from held-out seeds).
 
     ``relation`` (one of ``RELATIONS``) needs ``n_subjects == 2``. By default every subject is
@@ -435,7 +438,8 @@ def spec_from_prompt(prompt: str) -> Spec:
         relation = next(((ws, rel) for ws, rel in _RELATION_WORDS if words[: len(ws)] == ws), None)
         if relation is not None:
             if len(objects) != 1:
-                raise fail(pos, "relation {word} after a list of subjects", "a relation to join exactly two subjects ('a red circle above a blue box')")
+                example = "'a red circle above a blue box'"
+                raise fail(pos, "relation {word} after a list of subjects", f"a relation to join exactly two subjects ({example})")
             pos += len(relation[0])
             relations.append((0, relation[1], 1))
             continue

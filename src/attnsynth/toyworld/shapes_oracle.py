@@ -24,8 +24,9 @@ Detection (:func:`detect`)
        anti-aliased in that box on the blob's pixel grid (and smoothed like the image), and its
        soft IoU with ``alpha`` is taken. The best shape wins and its fitted box is the
        detection's box; the confidence is its IoU times min(r, 1/r), r being the box's stretch
-       against the shape's own proportions (two merged blobs do not pass for one wide square). Blobs larger than ``FIT_SIZE`` px are block-averaged down
-       first. Everything is in the blob's own units, so it works at any scale and aspect ratio.
+       against the shape's own proportions (two merged blobs do not pass for one wide square).
+       Blobs larger than ``FIT_SIZE`` px are block-averaged down first. Everything is in the
+       blob's own units, so it works at any scale, and tolerates stretched or tilted shapes.
 
 Scoring (:func:`score`)
     Each subject with count c gives c slots. Detections with ``confidence ≥ min_confidence``
