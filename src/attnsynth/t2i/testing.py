@@ -170,28 +170,35 @@ def tiny_sd_components(
     attention_heads: int = 2,
     scheduler: str = "pndm",
     vae_levels: int = 2,
+    unet_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Components of a tiny SD-1.x pipeline: a 3-level UNet with cross-attention at the two lower levels.
 
     The latent is ``sample_size``²; the default map grid (latent/4, the SD ``H/32`` grid) is the
-    lowest level (8×8 for 32²), read by down_blocks.2, the mid block and up_blocks.0.
+    lowest level (8×8 for 32²), read by down_blocks.2, the mid block and up_blocks.0. The VAE
+    downsamples ``2**(vae_levels-1)``× (2× by default, 8× as SD with ``vae_levels=4``).
+    ``unet_config`` replaces the UNet (e.g. :func:`sd15_shaped_unet_config`); the text encoder
+    then takes its ``cross_attention_dim``.
     """
     from diffusers import UNet2DConditionModel
 
     levels = len(block_out_channels)
+    if unet_config is None:
+        unet_config = dict(
+            sample_size=sample_size,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+            up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
+            block_out_channels=block_out_channels,
+            layers_per_block=1,
+            attention_head_dim=attention_heads,  # diffusers' legacy name: the number of heads
+            cross_attention_dim=cross_attention_dim,
+            norm_num_groups=4,
+        )
+    cross_attention_dim = unet_config["cross_attention_dim"]
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
-        block_out_channels=block_out_channels,
-        layers_per_block=1,
-        attention_head_dim=attention_heads,  # diffusers' legacy name: the number of heads
-        cross_attention_dim=cross_attention_dim,
-        norm_num_groups=4,
-    ).eval()
+    unet = UNet2DConditionModel(**unet_config).eval()
     tokenizer = tiny_tokenizer()
     return {
         "unet": unet,
