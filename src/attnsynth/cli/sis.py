@@ -272,3 +272,35 @@ def sample_command(checkpoint: Path = _CHECKPOINT, mask: Path = _MASK,
     _, labels = _pair(model, None, mask)
     result = sample(model, mapping, labels, n=n, seed=seed, return_attention=save_attention is not None)
     _write(result, out, save_attention, label_set, [labels])
+
+
+@app.command("evaluate")
+def evaluate_command(
+    checkpoint: Path = _CHECKPOINT,
+    data: str = typer.Option(..., "--data", help="Dataset directory or 'toy-faces' (exact oracles)."),
+    n: int = typer.Option(100, "--n", help="Number of test images."),
+    split: str = typer.Option("test", "--split", help="test (CelebAMask-HQ, toy) or val (ADE20K)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass."),
+    noise_levels: str = typer.Option("0,0.05,0.1,0.2", "--noise-levels", help="Mask-noise levels (fractions of pixels changed)."),
+    transfer: str = typer.Option("hair;skin;eyes;mouth;background", "--transfer-groups", help="Toy faces: class groups to transfer, ';'-separated."),
+    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="Local TorchScript FID Inception-v3; FID is off without it."),
+    lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help="Local TorchScript LPIPS module; LPIPS is off without it."),
+    segmenter: Optional[Path] = typer.Option(None, "--segmenter", help="Local TorchScript segmenter for mIoU; off without it."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    seed: int = typer.Option(0, "--seed", help="Seed of toy scenes and mask noise."),
+    device: Optional[str] = _DEVICE,
+) -> None:
+    """Reconstruction PSNR/SSIM (+ FID/LPIPS/mIoU with local weights), toy-face oracles, mask-noise table."""
+    from attnsynth.sis.evaluate import EvalConfig, evaluate, format_report, to_json
+
+    try:
+        levels = tuple(float(v) for v in noise_levels.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--noise-levels {noise_levels!r} must be comma-separated fractions, e.g. 0,0.05,0.1") from None
+    cfg = EvalConfig(checkpoint=str(checkpoint), data=data, n=n, split=split, batch_size=batch_size, noise_levels=levels,
+                     transfer_groups=tuple(g.strip() for g in transfer.split(";") if g.strip()),
+                     inception_weights=str(inception_weights) if inception_weights else None,
+                     lpips_weights=str(lpips_weights) if lpips_weights else None,
+                     segmenter=str(segmenter) if segmenter else None, seed=seed, device=device)
+    report = evaluate(cfg, progress=not as_json)
+    typer.echo(to_json(report) if as_json else format_report(report))
