@@ -36,6 +36,7 @@ __all__ = [
     "frozen_parameters",
     "plan_subjects",
     "prepare_guidance",
+    "schedule_options",
 ]
 
 # "attend-excite" reproduces diffusers' pipeline, whose token softmax runs over all 75 non-BOS/EOS
