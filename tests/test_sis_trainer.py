@@ -206,3 +206,29 @@ def test_two_cpu_processes_keep_identical_replicas(tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert read_log(tmp_path / "run" / "log.jsonl")[-1]["step"] == 3
+
+
+def test_cli_train_dry_run_resume_and_refusal(tmp_path, capsys, monkeypatch):
+    from attnsynth.cli import main
+
+    def cli(*args):
+        monkeypatch.setattr(sys, "argv", ["attnsynth", "sis", "train", *map(str, args)])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exit:
+            code = exit.code or 0
+        return code, capsys.readouterr()
+
+    out = tmp_path / "run"
+    common = ["--data", "toy-faces", "--toy-n", "3", "--resolution", "32", "--batch-size", "2", "--out", out, "--sample-every", "0", "--log-every", "1", "--lr-d", "3e-4"]
+    code, printed = cli(*common, "--steps", "1", "--dry-run")
+    assert code == 0 and json.loads(printed.out)["lr_d"] == 3e-4 and not out.exists()
+    assert cli(*common, "--steps", "1")[0] == 0
+    code, printed = cli(*common, "--steps", "2", "--resume")
+    assert code == 0 and [r["step"] for r in read_log(out / "log.jsonl")] == [1, 2]
+    code, printed = cli(*common, "--steps", "3")
+    assert code == 2 and printed.err.startswith("error:") and "--resume" in printed.err and printed.err.strip().count("\n") == 0
+    code, printed = cli(*common, "--steps", "3", "--resolution", "30x32", "--resume")
+    assert code == 2 and "resolution" in printed.err

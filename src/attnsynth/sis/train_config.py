@@ -14,6 +14,7 @@ from attnsynth.utils.images import parse_resolution
 MODEL_PRESETS = ("small", "faithful", "spade-small", "spade-faithful")
 PRECISIONS = ("no", "fp16", "bf16")
 # Fields that may change when a run is resumed; every other field must equal the saved value.
+# (A new ``steps`` also moves the lr decay, so such a run no longer retraces an uninterrupted one.)
 RESUMABLE_CHANGES = ("steps", "sample_every", "checkpoint_every", "log_every", "num_workers", "mixed_precision")
 
 

@@ -285,6 +285,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False, 
 
     # 2. processes, models, optimisers
     accelerator = _make_accelerator(config.mixed_precision)
+    accelerator.wait_for_everyone()  # every process has checked --out before the main one writes to it
     say = accelerator.print
     torch.manual_seed(config.seed)
     generator = build_model(model_config)
