@@ -106,7 +106,7 @@ def train_mapping_command(
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/mapping_checkpoint."),
     mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16 (GPU)."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
-    toy_n: int = typer.Option(512, "--toy-n", help="Number of scenes for --data toy-faces."),
+    toy_n: Optional[int] = typer.Option(None, "--toy-n", help="Number of scenes for --data toy-faces (default: the run's)."),
 ) -> None:
     """Train the random-style mapping network with the run's generator frozen (writes RUN/mapping.safetensors)."""
     from attnsynth.sis.train_config import MappingTrainConfig

@@ -107,8 +107,8 @@ class TrainConfig:
 class MappingTrainConfig:
     """Options of the random-style stage: train the mapping network with the generator frozen."""
 
-    run: str  # a finished `sis train` run (final model + checkpoint/discriminator)
-    data: str  # the dataset of that run (masks and real images for the discriminator)
+    run: str  # a finished `sis train` run (final model + discriminator.safetensors)
+    data: str | None = None  # masks and real images for the discriminator; None = the run's dataset
     steps: int = 1000
     batch_size: int = 8  # per process
     lr: float = 1e-4  # mapping network (StarGAN-v2 uses 1e-6 for mapping, 1e-4 for G; G is frozen here)
@@ -120,14 +120,16 @@ class MappingTrainConfig:
     log_every: int = 10
     checkpoint_every: int = 500
     seed: int = 0
-    layout: str = "auto"
-    toy_n: int = 512
+    layout: str | None = None  # None = the run's
+    toy_n: int | None = None  # None = the run's
     num_workers: int = 0
 
     def __post_init__(self) -> None:
         owner = "MappingTrainConfig"
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        for name in ("steps", "batch_size", "log_every", "toy_n"):
+        if self.toy_n is not None:
+            _positive(owner, "toy_n", self.toy_n)
+        for name in ("steps", "batch_size", "log_every"):
             _positive(owner, name, getattr(self, name))
         for name in ("checkpoint_every", "num_workers", "seed"):
             _positive(owner, name, getattr(self, name), zero_ok=True)

@@ -393,8 +393,7 @@ def train_mapping(config: MappingTrainConfig, *, resume: bool = False, progress:
     if (run / MAPPING_WEIGHTS).exists() and not resume:
         raise FileExistsError(f"{run / MAPPING_WEIGHTS} exists; pass --resume to continue the mapping stage")
     saved = TrainConfig.from_dict(json.loads((run / TRAIN_CONFIG_FILE).read_text(encoding="utf-8"))["train"])
-    data = config.data or saved.data
-    dataset = load_dataset(data, split="train", resolution=saved.resolution, augment=saved.augment, layout=config.layout, toy_n=config.toy_n, seed=config.seed)
+    dataset = load_dataset(config.data or saved.data, split="train", resolution=saved.resolution, augment=saved.augment, layout=config.layout or saved.layout, toy_n=config.toy_n or saved.toy_n, seed=config.seed)
 
     accelerator = _make_accelerator(config.mixed_precision)
     generator = SISModel.from_pretrained(run, device=accelerator.device).requires_grad_(False).eval()
