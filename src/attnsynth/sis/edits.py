@@ -64,7 +64,8 @@ def load_mapping(run: str | Path, model) -> torch.nn.Module:
     return mapping.to(model.device, model.dtype).eval()
 
 
-def load_pair(image_path: str | Path | None, mask_path: str | Path, *, resolution: tuple[int, int], num_classes: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+def load_pair(image_path: str | Path | None, mask_path: str | Path, *, resolution: tuple[int, int],
+              num_classes: int) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Read an image (optional) and its label map for editing: ([1, 3, H, W] in [-1, 1] | None, [1, H, W] long).
 
     Checks readability, value range and equal sizes (one-line errors naming the file), then resizes
@@ -84,7 +85,8 @@ def load_pair(image_path: str | Path | None, mask_path: str | Path, *, resolutio
     image_path = Path(image_path)
     image = read_image(image_path)
     if image.size != labels.size:
-        raise ValueError(f"mask {mask_path} is {labels.size[1]}×{labels.size[0]} but image {image_path} is {image.size[1]}×{image.size[0]} (H×W); they must match")
+        raise ValueError(f"mask {mask_path} is {labels.size[1]}×{labels.size[0]} but image {image_path} is "
+                         f"{image.size[1]}×{image.size[0]} (H×W); they must match")
     image_t, labels_t = transform(image, labels)
     return image_t.unsqueeze(0), labels_t.unsqueeze(0)
 
@@ -152,7 +154,8 @@ def reconstruct(model, image: torch.Tensor, labels: torch.Tensor, *, return_atte
 
 
 @torch.no_grad()
-def transfer(model, image: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor, reference_labels: torch.Tensor, *, classes: ClassSpec = None, label_set: LabelSet | None = None, return_attention: bool = False) -> EditResult:
+def transfer(model, image: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor, reference_labels: torch.Tensor, *,
+             classes: ClassSpec = None, label_set: LabelSet | None = None, return_attention: bool = False) -> EditResult:
     """Own shape; style tokens of ``classes`` from ``reference`` (every class when ``classes`` is None: global transfer)."""
     image, onehot = _batch(model, image, labels)
     reference, reference_onehot = _batch(model, reference, reference_labels, "reference_labels")
@@ -169,7 +172,8 @@ def transfer(model, image: torch.Tensor, labels: torch.Tensor, reference: torch.
 
 
 @torch.no_grad()
-def swap_shape(model, image: torch.Tensor, labels: torch.Tensor, donor_labels: torch.Tensor, *, classes: ClassSpec, label_set: LabelSet | None = None, return_attention: bool = False) -> EditResult:
+def swap_shape(model, image: torch.Tensor, labels: torch.Tensor, donor_labels: torch.Tensor, *, classes: ClassSpec,
+               label_set: LabelSet | None = None, return_attention: bool = False) -> EditResult:
     """Own style; shape tokens of ``classes`` taken from ``donor_labels`` (the mask is not redrawn)."""
     if classes is None:
         raise ValueError("swap_shape needs classes (e.g. 'hair'); to use the donor's whole mask, reconstruct with it")
@@ -183,7 +187,9 @@ def swap_shape(model, image: torch.Tensor, labels: torch.Tensor, donor_labels: t
 
 
 @torch.no_grad()
-def interpolate(model, image: torch.Tensor, labels: torch.Tensor, other_image: torch.Tensor | None, other_labels: torch.Tensor, *, what: str = "shape", alpha: float | Sequence[float] = 0.5, classes: ClassSpec = None, label_set: LabelSet | None = None, return_attention: bool = False) -> EditResult:
+def interpolate(model, image: torch.Tensor, labels: torch.Tensor, other_image: torch.Tensor | None, other_labels: torch.Tensor, *,
+                what: str = "shape", alpha: float | Sequence[float] = 0.5, classes: ClassSpec = None,
+                label_set: LabelSet | None = None, return_attention: bool = False) -> EditResult:
     """Blend shape or style tokens (of ``classes``, default all) towards another image's: (1 − α)·own + α·other.
 
     ``what="shape"``: shape tokens from ``other_labels`` (``other_image`` unused, may be None), own style.
@@ -200,7 +206,9 @@ def interpolate(model, image: torch.Tensor, labels: torch.Tensor, other_image: t
     if what == "shape":
         _, other_onehot = _batch(model, None, other_labels, "other_labels")
         own, other = shape, model.embed_shape(other_onehot).expand_as(shape)
-        index = [shape_token_index(model, c) for c in ids if not (model.config.arch == "ca2sis" and model.config.drop_background and c == model.config.background_class)]
+        cfg = model.config
+        tokenless = cfg.background_class if cfg.arch == "ca2sis" and cfg.drop_background else None  # no shape token
+        index = [shape_token_index(model, c) for c in ids if c != tokenless]
     else:
         if other_image is None:
             raise ValueError("interpolate(what='style') needs other_image (the style source)")

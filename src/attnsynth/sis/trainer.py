@@ -123,8 +123,10 @@ def _batches(loader: torch.utils.data.DataLoader) -> Iterator[dict]:
         yield batch
 
 
-def _loader(dataset: PairDataset, *, batch_size: int, total_steps: int, start_step: int, seed: int, accelerator, num_workers: int) -> torch.utils.data.DataLoader:
-    sampler = StepBatchSampler(num_samples=len(dataset), batch_size=batch_size, total_steps=total_steps, start_step=start_step, seed=seed, rank=accelerator.process_index, world_size=accelerator.num_processes)
+def _loader(dataset: PairDataset, *, batch_size: int, total_steps: int, start_step: int, seed: int, accelerator,
+            num_workers: int) -> torch.utils.data.DataLoader:
+    sampler = StepBatchSampler(num_samples=len(dataset), batch_size=batch_size, total_steps=total_steps, start_step=start_step,
+                               seed=seed, rank=accelerator.process_index, world_size=accelerator.num_processes)
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=accelerator.device.type == "cuda")
 
 
@@ -141,7 +143,8 @@ def _progress(enabled: bool, total: int, start: int, description: str):
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), transient=True)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        TextColumn("{task.fields[info]}"), transient=True)
     progress.start()
     progress.add_task(description, total=total, completed=start, info="")
     return progress
@@ -278,8 +281,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False, 
     out, load = _prepare_run(config, resume)
     if config.vgg_weights is not None and not Path(config.vgg_weights).is_file():
         raise FileNotFoundError(f"--vgg-weights {config.vgg_weights} does not exist")
-    dataset = load_dataset(config.data, split="train", resolution=config.resolution, augment=config.augment, layout=config.layout, toy_n=config.toy_n, seed=config.seed)
-    preview = load_dataset(config.data, split="train", resolution=config.resolution, augment=False, layout=config.layout, toy_n=config.toy_n, seed=config.seed)
+    data_args = dict(split="train", resolution=config.resolution, layout=config.layout, toy_n=config.toy_n, seed=config.seed)
+    dataset = load_dataset(config.data, augment=config.augment, **data_args)
+    preview = load_dataset(config.data, augment=False, **data_args)  # fixed, un-augmented samples for the grids
     dataset[0]  # fail fast on an unreadable first sample
     model_config = get_config(config.config, num_classes=dataset.num_classes, resolution=config.resolution)
 
@@ -295,10 +299,12 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False, 
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=config.betas)
     start_step = 0
     if load:
-        state = load_training_state(out / CHECKPOINT_DIR, modules={"generator": generator, "discriminator": discriminator, "ema": ema}, optimizers={"generator": opt_g, "discriminator": opt_d})
+        state = load_training_state(out / CHECKPOINT_DIR, modules={"generator": generator, "discriminator": discriminator, "ema": ema},
+                                    optimizers={"generator": opt_g, "discriminator": opt_d})
         start_step = int(state["step"])
         if state.get("processes") != accelerator.num_processes:
-            say(f"note: the checkpoint was written with {state.get('processes')} processes, now {accelerator.num_processes}: the data order differs from an uninterrupted run")
+            say(f"note: the checkpoint was written with {state.get('processes')} processes, now {accelerator.num_processes}: "
+                "the data order differs from an uninterrupted run")
         say(f"resuming {out} from step {start_step}")
     elif resume:
         say(f"nothing to resume in {out}: starting from step 0")
@@ -306,19 +312,27 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False, 
     ema.to(accelerator.device)
     plain_g = accelerator.unwrap_model(generator)
     vgg = _build_vgg(config, accelerator.device, say)
-    step_fn = _GANStep(accelerator=accelerator, generator=generator, discriminator=discriminator, opt_g=opt_g, opt_d=opt_d, vgg=vgg, config=config, use_attention=model_config.arch == "ca2sis" and config.lambda_att > 0)
+    step_fn = _GANStep(accelerator=accelerator, generator=generator, discriminator=discriminator, opt_g=opt_g, opt_d=opt_d, vgg=vgg,
+                       config=config, use_attention=model_config.arch == "ca2sis" and config.lambda_att > 0)
 
     # 3. the run directory
     log = None
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / TRAIN_CONFIG_FILE, {"train": config.to_dict(), "model": model_config.to_dict(), "label_set": dataset.label_set.to_dict(), "processes": accelerator.num_processes, "perceptual_loss": vgg is not None})
+        atomic_write_json(out / TRAIN_CONFIG_FILE, {
+            "train": config.to_dict(), "model": model_config.to_dict(), "label_set": dataset.label_set.to_dict(),
+            "processes": accelerator.num_processes, "perceptual_loss": vgg is not None,
+        })
         log = RunLog(out / "log.jsonl", keep_until_step=start_step if load else None)
     accelerator.wait_for_everyone()
 
     def save_checkpoint(step: int) -> None:
         if accelerator.is_main_process:
-            save_training_state(out / CHECKPOINT_DIR, modules={"generator": plain_g, "discriminator": accelerator.unwrap_model(discriminator), "ema": ema}, optimizers={"generator": opt_g, "discriminator": opt_d}, state={"step": step, "seed": config.seed, "processes": accelerator.num_processes, "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None})
+            scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+            save_training_state(out / CHECKPOINT_DIR,
+                                modules={"generator": plain_g, "discriminator": accelerator.unwrap_model(discriminator), "ema": ema},
+                                optimizers={"generator": opt_g, "discriminator": opt_d},
+                                state={"step": step, "seed": config.seed, "processes": accelerator.num_processes, "scaler": scaler})
         accelerator.wait_for_everyone()
 
     if load and accelerator.scaler is not None:
@@ -327,7 +341,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False, 
             accelerator.scaler.load_state_dict(saved_scaler)
 
     # 4. the loop
-    loader = _loader(dataset, batch_size=config.batch_size, total_steps=config.steps, start_step=start_step, seed=config.seed, accelerator=accelerator, num_workers=config.num_workers)
+    loader = _loader(dataset, batch_size=config.batch_size, total_steps=config.steps, start_step=start_step, seed=config.seed,
+                     accelerator=accelerator, num_workers=config.num_workers)
     bar = _progress(progress and accelerator.is_main_process, config.steps, start_step, "sis train")
     last: dict[str, Any] = {}
     final_step = start_step
@@ -347,7 +362,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False, 
                 callback({"step": done, "stats": stats, "models": {"generator": plain_g, "discriminator": step_fn.plain_discriminator, "ema": ema}})
             if done % config.log_every == 0 or done == config.steps:
                 values = _reduce_stats(accelerator, stats)
-                last = {"step": done, **values, "lr/G": config.lr_g * factor, "lr/D": config.lr_d * factor, "time/sec_per_step": (time.perf_counter() - tick) / config.log_every}
+                last = {"step": done, **values, "lr/G": config.lr_g * factor, "lr/D": config.lr_d * factor,
+                        "time/sec_per_step": (time.perf_counter() - tick) / config.log_every}
                 tick = time.perf_counter()
                 if log is not None:
                     log.write(last)
@@ -365,7 +381,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False, 
     save_checkpoint(final_step)
     if accelerator.is_main_process:
         atomic_save_png(out / "samples" / f"step_{final_step:07d}.png", sample_grid(ema, preview, device=accelerator.device))
-        _save_final_model(out, ema, extra={"generator": plain_g.state_dict(), "discriminator": accelerator.unwrap_model(discriminator).state_dict()}, label_set=dataset.label_set)
+        extra = {"generator": plain_g.state_dict(), "discriminator": accelerator.unwrap_model(discriminator).state_dict()}
+        _save_final_model(out, ema, extra=extra, label_set=dataset.label_set)
         say(f"trained to step {final_step}: model in {out}")
     accelerator.wait_for_everyone()
     if not last:
@@ -393,7 +410,8 @@ def train_mapping(config: MappingTrainConfig, *, resume: bool = False, progress:
     if (run / MAPPING_WEIGHTS).exists() and not resume:
         raise FileExistsError(f"{run / MAPPING_WEIGHTS} exists; pass --resume to continue the mapping stage")
     saved = TrainConfig.from_dict(json.loads((run / TRAIN_CONFIG_FILE).read_text(encoding="utf-8"))["train"])
-    dataset = load_dataset(config.data or saved.data, split="train", resolution=saved.resolution, augment=saved.augment, layout=config.layout or saved.layout, toy_n=config.toy_n or saved.toy_n, seed=config.seed)
+    dataset = load_dataset(config.data or saved.data, split="train", resolution=saved.resolution, augment=saved.augment,
+                           layout=config.layout or saved.layout, toy_n=config.toy_n or saved.toy_n, seed=config.seed)
 
     accelerator = _make_accelerator(config.mixed_precision)
     generator = SISModel.from_pretrained(run, device=accelerator.device).requires_grad_(False).eval()
@@ -406,7 +424,9 @@ def train_mapping(config: MappingTrainConfig, *, resume: bool = False, progress:
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=config.betas)
     start_step = 0
     if resume and has_checkpoint:
-        start_step = int(load_training_state(run / MAPPING_CHECKPOINT_DIR, modules={"mapping": mapping, "discriminator": discriminator}, optimizers={"mapping": opt_m, "discriminator": opt_d})["step"])
+        state = load_training_state(run / MAPPING_CHECKPOINT_DIR, modules={"mapping": mapping, "discriminator": discriminator},
+                                    optimizers={"mapping": opt_m, "discriminator": opt_d})
+        start_step = int(state["step"])
     mapping, discriminator, opt_m, opt_d = accelerator.prepare(mapping, discriminator, opt_m, opt_d)
     plain_d = accelerator.unwrap_model(discriminator)
     use_attention = generator.config.arch == "ca2sis" and config.lambda_att > 0
@@ -416,10 +436,13 @@ def train_mapping(config: MappingTrainConfig, *, resume: bool = False, progress:
 
     def save_checkpoint(step: int) -> None:
         if accelerator.is_main_process:
-            save_training_state(run / MAPPING_CHECKPOINT_DIR, modules={"mapping": accelerator.unwrap_model(mapping), "discriminator": plain_d}, optimizers={"mapping": opt_m, "discriminator": opt_d}, state={"step": step, "seed": config.seed, "processes": accelerator.num_processes})
+            save_training_state(run / MAPPING_CHECKPOINT_DIR, modules={"mapping": accelerator.unwrap_model(mapping), "discriminator": plain_d},
+                                optimizers={"mapping": opt_m, "discriminator": opt_d},
+                                state={"step": step, "seed": config.seed, "processes": accelerator.num_processes})
         accelerator.wait_for_everyone()
 
-    loader = _loader(dataset, batch_size=config.batch_size, total_steps=config.steps, start_step=start_step, seed=config.seed, accelerator=accelerator, num_workers=config.num_workers)
+    loader = _loader(dataset, batch_size=config.batch_size, total_steps=config.steps, start_step=start_step, seed=config.seed,
+                     accelerator=accelerator, num_workers=config.num_workers)
     bar = _progress(progress and accelerator.is_main_process, config.steps, start_step, "sis mapping")
     latent = generator.config.mapping_latent_dim
     last: dict[str, Any] = {}
