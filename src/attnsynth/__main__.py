@@ -1,0 +1,5 @@
+"""`python -m attnsynth …` runs the CLI."""
+
+from attnsynth.cli import main
+
+main()
