@@ -16,11 +16,14 @@ the full-width UNet (``--scale 1``) on CUDA.
 Time: the variants run *alternately* (one call each per round, after a warm-up round), and the
 median per variant is reported, so machine load drifts hit all variants alike.
 
-Memory: each variant runs once in its own subprocess. On CPU the peak is the rise of the
-process's resident set during the call: the kernel's high-water mark (``VmHWM``) is reset just
-before the call (``/proc/self/clear_refs``), read after it, minus the resident set before it
-(falls back to the ``ru_maxrss`` delta where the reset is unavailable). On CUDA it is
-``torch.cuda.max_memory_allocated()`` minus the allocation before the call.
+Memory: each variant runs in its own subprocess: one warm-up call, then the measured call. On
+CPU the peak is the rise of the process's resident set during the call: the kernel's
+high-water mark (``VmHWM``) is reset just before it (``/proc/self/clear_refs``), read after it,
+minus the resident set before it (without the reset: the ``ru_maxrss`` delta of a first call).
+glibc is told to hand blocks of 64 KiB and more straight back to the OS
+(``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``), so the resident set tracks live
+tensors instead of the allocator's cache (tracemalloc does not see torch's allocations).
+On CUDA it is ``torch.cuda.max_memory_allocated()`` minus the allocation before the call.
 
 Usage: ``python benchmarks/t2i_overhead.py [--rounds 5] [--threads 2] [--device cuda]``
 """
@@ -50,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 10 CPU, 50 CUDA)")
     parser.add_argument("--guided", type=int, default=None, help="guided steps (default: half the steps)")
     parser.add_argument("--scale", type=float, default=None, help="UNet width vs SD 1.5 (default 0.1 CPU, 1.0 CUDA)")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (after one warm-up round)")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up round (0: memory only)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
@@ -134,28 +137,30 @@ def _status_kib(field: str) -> int | None:
 
 
 def measure_memory_here(variant: str, args: argparse.Namespace) -> dict:
-    """Peak extra memory (MiB) of one call of ``variant`` in this fresh process."""
+    """Peak extra memory (MiB) of one call of ``variant`` in this fresh process, after a warm-up call."""
     import torch
 
     call = build(args)[variant]
     if args.device == "cuda":
+        call()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         call()
         torch.cuda.synchronize()
-        return {"peak_mib": (torch.cuda.max_memory_allocated() - before) / 2**20, "method": "cuda max_memory_allocated"}
-    rss_before = _status_kib("VmRSS")
+        return {"peak_mib": (torch.cuda.max_memory_allocated() - before) / 2**20, "method": "cuda max_memory_allocated after a warm-up call"}
+    clear_refs = Path("/proc/self/clear_refs")
     try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the VmHWM high-water mark
+        call()  # warm-up: one-time allocations are not the call's working memory
+        rss_before = _status_kib("VmRSS")
+        clear_refs.write_text("5")  # reset the VmHWM high-water mark to the current RSS
         call()
-        peak = _status_kib("VmHWM")
-        return {"peak_mib": (peak - rss_before) / 1024, "method": "VmHWM reset, minus VmRSS before"}
-    except OSError:
+        return {"peak_mib": (_status_kib("VmHWM") - rss_before) / 1024, "method": "VmHWM (reset after a warm-up call) minus VmRSS before"}
+    except (OSError, TypeError):
         maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         call()
         delta = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss_before
-        return {"peak_mib": delta / 1024, "method": "ru_maxrss delta"}
+        return {"peak_mib": delta / 1024, "method": "ru_maxrss delta (no high-water reset available)"}
 
 
 def measure_memory(variant: str, args: argparse.Namespace) -> dict:
@@ -164,7 +169,9 @@ def measure_memory(variant: str, args: argparse.Namespace) -> dict:
         sys.executable, __file__, "--memory-of", variant, "--device", args.device, "--resolution", str(args.resolution),
         "--steps", str(args.steps), "--guided", str(args.guided), "--scale", str(args.scale), "--threads", str(args.threads),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    # glibc returns freed blocks >= 64 KiB to the OS at once, so the resident set follows live memory.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -177,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure_memory_here(args.memory_of, args)))
         return
     calls = build(args)
-    times = time_alternately(calls, args)
+    times = time_alternately(calls, args) if args.rounds > 0 else {name: [float("nan")] for name in calls}
     memory = {} if args.no_memory else {name: measure_memory(name, args) for name in VARIANTS}
     medians = {name: statistics.median(values) for name, values in times.items()}
     header = (
