@@ -132,6 +132,10 @@ def test_trainer_resumes_exactly(tmp_path):
     assert (tmp_path / "pipe" / "model_index.json").is_file() and trainer.config.steps == 2
     pipe = load_t2i_pipeline(tmp_path / "pipe")
     assert pipe.unet.config.sample_size == TINY_CONFIG.latent_size
+    # A later session continues from an exported pipeline (weights only): one more UNet step.
+    warm = train_t2i(tmp_path / "warm", _tiny(stage="unet", steps=1), init_from=tmp_path / "pipe", device="cpu", echo=quiet)
+    assert json.loads((tmp_path / "warm/checkpoints/unet/state.json").read_text())["step"] == 1
+    assert warm.tokenizer.get_vocab() == pipe.tokenizer.get_vocab()
 
 
 def test_optimizer_state_round_trips_without_pickle(tmp_path):

@@ -39,6 +39,11 @@ def toy_t2i_command(
         config = replace(config, num_inference_steps=steps, guided_steps=min(config.guided_steps, steps // 2))
     if guided_steps is not None:
         config = replace(config, guided_steps=guided_steps)
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     pipe = load_t2i_pipeline(model, device=device)
     console = Console(stderr=True)
     with console.status("generating…") as status:
@@ -46,4 +51,4 @@ def toy_t2i_command(
     if json_out:
         typer.echo(json.dumps(results, indent=2))
     else:
-        Console().print(results_table(results))
+        Console(width=max(110, Console().width)).print(results_table(results))

@@ -58,6 +58,7 @@ def train_t2i_command(
     batch_size: int = typer.Option(32, "--batch-size", help="UNet batch per process."),
     vae_batch_size: int = typer.Option(16, "--vae-batch-size", help="Autoencoder batch per process."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak UNet/text-encoder learning rate."),
+    vae_lr: float = typer.Option(1e-3, "--vae-lr", help="Peak autoencoder learning rate."),
     warmup_steps: int = typer.Option(200, "--warmup-steps", help="Linear warm-up steps."),
     lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="After warm-up: cosine or constant."),
     stage: str = typer.Option("all", "--stage", help="vae, unet, or all (vae then unet)."),
@@ -79,7 +80,7 @@ def train_t2i_command(
     from attnsynth.toyworld.t2i_train import TrainConfig, train_t2i
 
     config = TrainConfig(
-        stage=stage, steps=steps, vae_steps=vae_steps, batch_size=batch_size, vae_batch_size=vae_batch_size, lr=lr,
+        stage=stage, steps=steps, vae_steps=vae_steps, batch_size=batch_size, vae_batch_size=vae_batch_size, lr=lr, vae_lr=vae_lr,
         warmup_steps=warmup_steps, lr_schedule=lr_schedule, checkpoint_every_s=checkpoint_every, sample_every=sample_every,
         seed=seed, threads=threads, model=replace(ToyT2IConfig(), resolution=resolution),
     )

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from attnsynth.toyworld.t2i_model import TOY_T2I_DEFAULTS
+
+__all__ = ["BenchConfig", "METHODS", "benchmark_prompts", "parse_counts", "parse_methods", "results_markdown", "results_table",
+           "run_benchmark"]
 
 METHODS = ("none", "attend-excite", "divide-bind", "ait2i")
 #: First prompt seed of the benchmark (training scenes use seeds below 1 000 000).
@@ -172,6 +175,3 @@ def parse_counts(text: str) -> tuple[int, ...]:
     except ValueError:
         raise ValueError(f"--subjects must be a comma list of integers in 1..4, got {text!r}") from None
 
-
-__all__: Sequence[str] = ("BenchConfig", "METHODS", "benchmark_prompts", "parse_counts", "parse_methods", "results_markdown",
-                          "results_table", "run_benchmark")

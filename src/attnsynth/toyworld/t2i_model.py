@@ -50,10 +50,12 @@ class ToyT2IConfig:
     text_layers: int = 3
     text_heads: int = 4
     vae_channels: tuple[int, ...] = (8, 16, 32)  # two downsamplings: 64² → 16²
+    vae_norm_groups: int = 2  # few groups: 1-channel groups normalise colour away
     latent_channels: int = 4
     unet_channels: tuple[int, ...] = (32, 64, 128)  # grids 16², 8², 4²
     unet_layers_per_block: int = 1
     unet_head_dim: int = 32
+    unet_norm_groups: int = 8
     prediction_type: str = "epsilon"
     num_train_timesteps: int = 1000
 
@@ -68,8 +70,12 @@ class ToyT2IConfig:
             raise ValueError(f"max_length must be >= 4 tokens, got {self.max_length}")
         if self.text_hidden % self.text_heads != 0:
             raise ValueError(f"text_hidden ({self.text_hidden}) must be divisible by text_heads ({self.text_heads})")
+        if any(c % self.vae_norm_groups for c in self.vae_channels):
+            raise ValueError(f"every vae channel count must be divisible by vae_norm_groups={self.vae_norm_groups}, got {self.vae_channels}")
         if len(self.unet_channels) < 2:
             raise ValueError(f"unet_channels needs >= 2 levels, got {self.unet_channels}")
+        if any(c % self.unet_norm_groups for c in self.unet_channels):
+            raise ValueError(f"every unet channel count must be divisible by unet_norm_groups={self.unet_norm_groups}, got {self.unet_channels}")
         if any(c % self.unet_head_dim for c in self.unet_channels):
             raise ValueError(f"every unet channel count must be divisible by unet_head_dim={self.unet_head_dim}, got {self.unet_channels}")
         if self.prediction_type not in ("epsilon", "v_prediction"):
@@ -211,7 +217,7 @@ def build_vae(config: ToyT2IConfig):
         block_out_channels=config.vae_channels,
         layers_per_block=1,
         latent_channels=config.latent_channels,
-        norm_num_groups=min(8, config.vae_channels[0]),
+        norm_num_groups=config.vae_norm_groups,
         sample_size=config.resolution,
         scaling_factor=1.0,
     )
@@ -234,7 +240,7 @@ def build_unet(config: ToyT2IConfig):
         layers_per_block=config.unet_layers_per_block,
         cross_attention_dim=config.text_hidden,
         attention_head_dim=tuple(c // config.unet_head_dim for c in config.unet_channels),  # diffusers: = head count
-        norm_num_groups=min(32, config.unet_channels[0]),
+        norm_num_groups=config.unet_norm_groups,
     )
 
 
@@ -300,7 +306,7 @@ def load_t2i_pipeline(path: str | Path | None = None, *, device: str | torch.dev
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
     pipe = StableDiffusionPipeline.from_pretrained(
-        path, torch_dtype=dtype or torch.float32, safety_checker=None, feature_extractor=None,
+        path, dtype=dtype or torch.float32, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False, local_files_only=True,
     )
     pipe.set_progress_bar_config(disable=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -292,7 +292,7 @@ class Trainer:
         from diffusers import AutoencoderKL
 
         if self.init_from is not None and self._state("vae") is None:
-            return AutoencoderKL.from_pretrained(self.init_from / "vae", torch_dtype=torch.float32)
+            return AutoencoderKL.from_pretrained(self.init_from / "vae", dtype=torch.float32)
         state = self._state("vae")
         if state is None or not state.get("finished"):
             raise FileNotFoundError(f"{self._checkpoint_dir('vae')} holds no finished VAE; run --stage vae first")
@@ -381,7 +381,7 @@ class Trainer:
             return (UNet2DConditionModel.from_pretrained(d / "unet"), CLIPTextModel.from_pretrained(d / "text_encoder"),
                     UNet2DConditionModel.from_pretrained(d / "unet_ema"), CLIPTextModel.from_pretrained(d / "text_encoder_ema"))
         if self.init_from is not None:
-            unet = UNet2DConditionModel.from_pretrained(self.init_from / "unet", torch_dtype=torch.float32)
+            unet = UNet2DConditionModel.from_pretrained(self.init_from / "unet", dtype=torch.float32)
             text = CLIPTextModel.from_pretrained(self.init_from / "text_encoder", dtype=torch.float32)
             return unet, text, unet, text
         torch.manual_seed(self.config.seed + 1)
@@ -507,7 +507,8 @@ class Trainer:
             images = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)  # [B, H, W, 3]
             scores = [shapes.score(img, spec) for img, (_, spec) in zip(images, prompts)]
             record[f"n{n}_all_present"] = float(np.mean([s["all_present"] for s in scores]))
-            record[f"n{n}_colour_binding"] = float(np.mean([s["colour_binding_rate"] for s in scores]))
+            binding = [s["colour_binding_rate"] for s in scores if s["colour_binding_rate"] is not None]
+            record[f"n{n}_colour_binding"] = float(np.mean(binding)) if binding else float("nan")
             rows.append(np.concatenate(list(images), axis=1))
         if self.is_main:
             atomic_save_png(self.run_dir / "samples" / f"step_{step:06d}.png", np.concatenate(rows, axis=0))
