@@ -7,14 +7,6 @@ from attnsynth.attention.capture import AttentionCapture, cross_attention_layers
 from attnsynth.t2i.testing import tiny_sd_components
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def unet():
     return tiny_sd_components(seed=0)["unet"]

@@ -16,14 +16,6 @@ STEPS = 6
 GUIDED = 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def plain():
     return tiny_sd_pipeline(seed=0)

@@ -13,14 +13,6 @@ STEPS = 4
 GUIDED = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def plain():
     return tiny_sdxl_pipeline(seed=0)
