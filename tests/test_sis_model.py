@@ -197,6 +197,36 @@ def test_sdpa_and_naive_self_attention_agree():
     assert torch.allclose(a, b, atol=1e-5) and all(torch.allclose(x, y, atol=1e-4) for x, y in zip(la, lb))
 
 
+def test_chunked_inference_path_matches_the_autograd_path(monkeypatch):
+    from attnsynth.sis import generator as generator_module
+
+    monkeypatch.setattr(generator_module, "INFERENCE_CHUNK_TOKENS", 100)  # chunks that do not divide the maps
+    monkeypatch.setattr(generator_module, "GEGLU_CHUNK_ELEMENTS", 5000)
+    model = _small(resolution=(32, 64))
+    _perturb_zero_inits(model)
+    image, onehot = _batch((32, 64))
+    with torch.no_grad():
+        chunked, chunked_logits = model(image, onehot, return_attention=True)
+    full, full_logits = model(image, onehot, return_attention=True)  # grad mode: fused autograd feed-forward
+    assert torch.allclose(chunked, full, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(chunked_logits, full_logits))
+
+
+@pytest.mark.parametrize("trainable", ["all", "input-only", "weights-only"])
+def test_fused_feed_forward_gradients_are_exact(monkeypatch, trainable):
+    from attnsynth.sis import generator as generator_module
+
+    monkeypatch.setattr(generator_module, "GEGLU_CHUNK_ELEMENTS", 48)  # several row chunks of 3 rows
+    ff = generator_module.FeedForward(dim=4, mult=4).double()
+    x = torch.randn(2, 5, 4, dtype=torch.double, requires_grad=trainable != "weights-only")
+    ff.requires_grad_(trainable != "input-only")
+    inputs = tuple(t for t in (x, *ff.parameters()) if t.requires_grad)
+    assert torch.autograd.gradcheck(lambda *_: ff(x), inputs)
+    with torch.no_grad():
+        value, gate = ff.proj(x).chunk(2, dim=-1)
+        assert torch.allclose(ff(x), ff.out(value * torch.nn.functional.gelu(gate)))
+
+
 def _perturb_zero_inits(*models):
     """Zero-initialised output layers would hide the attention path; give them (shared) random values."""
     generator = torch.Generator().manual_seed(3)

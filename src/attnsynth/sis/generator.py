@@ -10,8 +10,9 @@ Efficiency choices (same parameters and maths as the paper's code):
 * self-attention runs through `F.scaled_dot_product_attention` (memory-efficient kernels; the
   N×N maps are never materialised); ``attention_impl="naive"`` computes them explicitly (reference);
 * cross-attention logits are computed explicitly — they are only [B, heads, N, C];
-* q/k/v and the GEGLU projections are single fused matmuls; the tokens ↔ maps reshapes are views
-  when activations are channels-last;
+* q/k/v are one fused matmul; the tokens ↔ maps reshapes are views (activations are channels-last);
+* the GEGLU feed-forward (the largest activations: 8× the width per token) is one autograd
+  function that keeps only its input and hidden pre-activation and works in row chunks;
 * optional gradient checkpointing per sub-layer (norm+proj-in, self-attn, cross-attn, FF in token
   chunks, proj-out, ResBlock), so the peak holds one sub-layer's activations at a time.
 """
@@ -26,6 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 FF_CHUNK_TOKENS = 4096  # feed-forward token chunk under gradient checkpointing (bounds the peak)
+INFERENCE_CHUNK_TOKENS = 2048  # token chunk of the per-token layers without autograd (small, cache-friendly)
 
 
 def group_norm(channels: int, groups: int, *, eps: float = 1e-6) -> nn.GroupNorm:
@@ -107,15 +109,80 @@ class CrossAttention(nn.Module):
         self.to_kv = nn.Linear(context_dim, 2 * heads * head_dim, bias=False)
         self.to_out = nn.Linear(heads * head_dim, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, N, dim], context [B, C, D_style] → (out [B, N, dim], head-mean pre-softmax logits [B, N, C])."""
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """context [B, C, D_style] → keys, values [B, heads, C, d] (computed once per layer)."""
+        batch = context.shape[0]
+        kv = self.to_kv(context).view(batch, -1, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return kv[0], kv[1]
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, N, dim], k, v [B, heads, C, d] → (out [B, N, dim], head-mean pre-softmax logits [B, N, C])."""
         batch, tokens, _ = x.shape
         q = self.to_q(x).view(batch, tokens, self.heads, self.head_dim).transpose(1, 2)  # [B, h, N, d]
-        k, v = self.to_kv(context).view(batch, -1, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         logits = (q * self.head_dim ** -0.5) @ k.transpose(-1, -2)  # [B, h, N, C]
         out = logits.softmax(dim=-1) @ v  # [B, h, N, d]
         out = self.to_out(out.transpose(1, 2).reshape(batch, tokens, -1))
         return out, logits.mean(dim=1)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, N, dim], context [B, C, D_style] → (out [B, N, dim], head-mean pre-softmax logits [B, N, C])."""
+        return self.attend(x, *self.keys_values(context))
+
+
+GEGLU_CHUNK_ELEMENTS = 2**21  # rows × hidden per chunk of the feed-forward (temporaries ≈ 8 MB fp32 each)
+
+
+class _GEGLUFeedForward(torch.autograd.Function):
+    """y = (a · GELU(g)) W₂ᵀ + b₂ with [a, g] = x W₁ᵀ + b₁, saving only x and h = [a, g] for backward.
+
+    Plain autograd keeps GELU(g) and the product too, and its backward materialises ∂h for all
+    tokens at once; here GELU(g) and the product are recomputed (elementwise, cheap) and both passes
+    run over row chunks, so the feed-forward's saved memory halves and its temporaries stay small.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2):
+        rows = x.reshape(-1, x.shape[-1])  # [N, dim]
+        h = F.linear(rows, w1, b1)  # [N, 2·hidden]
+        ctx.save_for_backward(rows, h, w1, w2)
+        step = max(1, GEGLU_CHUNK_ELEMENTS // w2.shape[1])
+        out = rows.new_empty(rows.shape[0], w2.shape[0])
+        for start in range(0, rows.shape[0], step):
+            value, gate = h[start:start + step].chunk(2, dim=-1)
+            torch.addmm(b2, value * F.gelu(gate), w2.t(), out=out[start:start + step])
+        return out.view(*x.shape[:-1], w2.shape[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        rows, h, w1, w2 = ctx.saved_tensors
+        need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
+        grads = grad_out.reshape(-1, grad_out.shape[-1])  # [N, dim]
+        hidden = w2.shape[1]
+        grad_x = torch.empty_like(rows) if need_x else None
+        grad_w1, grad_b1 = torch.zeros_like(w1), torch.zeros(w1.shape[0], dtype=w1.dtype, device=w1.device)
+        grad_w2 = torch.zeros_like(w2)
+        step = max(1, GEGLU_CHUNK_ELEMENTS // hidden)
+        for start in range(0, rows.shape[0], step):
+            chunk = slice(start, start + step)
+            value, gate = h[chunk].chunk(2, dim=-1)
+            gelu_gate = F.gelu(gate)
+            grad = grads[chunk]
+            if need_w2:
+                grad_w2.addmm_(grad.t(), value * gelu_gate)
+            if not (need_x or need_w1 or need_b1):
+                continue
+            grad_product = grad @ w2  # [n, hidden]
+            grad_h = torch.cat([grad_product * gelu_gate, torch.ops.aten.gelu_backward(grad_product * value, gate)], dim=-1)
+            if need_w1:
+                grad_w1.addmm_(grad_h.t(), rows[chunk])
+            if need_b1:
+                grad_b1 += grad_h.sum(0)
+            if need_x:
+                torch.mm(grad_h, w1, out=grad_x[chunk])
+        return (grad_x.view(grad_out.shape[:-1] + (rows.shape[1],)) if need_x else None,
+                grad_w1 if need_w1 else None, grad_b1 if need_b1 else None,
+                grad_w2 if need_w2 else None, grads.sum(0) if need_b2 else None)
 
 
 class FeedForward(nn.Module):
@@ -127,8 +194,16 @@ class FeedForward(nn.Module):
         self.out = nn.Linear(mult * dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)
-        return self.out(value * F.gelu(gate))
+        """x [B, N, dim] → [B, N, dim]; memory-lean fused autograd when gradients are needed."""
+        if torch.is_grad_enabled() and (x.requires_grad or self.out.weight.requires_grad or self.proj.weight.requires_grad):
+            return _GEGLUFeedForward.apply(x, self.proj.weight, self.proj.bias, self.out.weight, self.out.bias)
+        rows = x.reshape(-1, x.shape[-1])  # inference: row chunks keep the 8×-wide temporaries small
+        out = rows.new_empty(rows.shape[0], self.out.out_features)
+        step = max(1, GEGLU_CHUNK_ELEMENTS // self.out.in_features)
+        for start in range(0, rows.shape[0], step):
+            value, gate = self.proj(rows[start:start + step]).chunk(2, dim=-1)
+            torch.addmm(self.out.bias, value * F.gelu(gate), self.out.weight.t(), out=out[start:start + step])
+        return out.view(*x.shape[:-1], self.out.out_features)
 
 
 class SpatialTransformer(_Checkpointable):
@@ -167,19 +242,44 @@ class SpatialTransformer(_Checkpointable):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, c, h, w], context [B, C, D_style] → (x' [B, c, h, w], logits [B, C, h, w])."""
+        if not torch.is_grad_enabled():
+            return self._forward_chunked(x, context)
         batch, channels, height, width = x.shape
         h = self._run(self._enter, x)
         if self.attn1 is not None:
             h = h + self._run(self._self, h)
         out, logits = self._run(self._cross, h, context)
         h = h + out
-        if self.gradient_checkpointing and torch.is_grad_enabled() and h.shape[1] > FF_CHUNK_TOKENS:
+        if self.gradient_checkpointing and h.shape[1] > FF_CHUNK_TOKENS:
             h = h + torch.cat([self._run(self._ff, part) for part in h.split(FF_CHUNK_TOKENS, dim=1)], dim=1)
         else:
             h = h + self._ff(h)
         h = self._run(self.proj_out, h).view(batch, height, width, channels).permute(0, 3, 1, 2)
         logits = logits.transpose(1, 2).reshape(batch, -1, height, width)  # [B, C, h, w]
         return x + h, logits
+
+    def _forward_chunked(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same maths without autograd: every per-token layer runs on chunks of one image's tokens,
+        so no temporary is larger than a few MB (no page-fault storm, per-image cost flat in batch size)."""
+        batch, channels, height, width = x.shape
+        tokens = height * width
+        normed = self.norm(x).permute(0, 2, 3, 1).reshape(batch, tokens, channels)  # view if channels-last
+        if self.attn1 is not None:  # self-attention needs all of an image's tokens at once
+            full = self.proj_in(normed)
+            full = full + self.attn1(self.norm1(full))
+        k, v = self.attn2.keys_values(context)
+        out = x.new_empty(batch, tokens, channels)
+        logits = x.new_empty(batch, tokens, k.shape[2])
+        for b in range(batch):
+            for start in range(0, tokens, INFERENCE_CHUNK_TOKENS):
+                part = slice(start, start + INFERENCE_CHUNK_TOKENS)
+                h = full[b:b + 1, part] if self.attn1 is not None else self.proj_in(normed[b:b + 1, part])
+                attended, logits[b:b + 1, part] = self.attn2.attend(self.norm2(h), k[b:b + 1], v[b:b + 1])
+                h = h + attended
+                h = h + self.ff(self.norm3(h))
+                out[b:b + 1, part] = self.proj_out(h)
+        out = out.view(batch, height, width, channels).permute(0, 3, 1, 2)
+        return x + out, logits.transpose(1, 2).reshape(batch, -1, height, width)
 
 
 class CA2SISGenerator(nn.Module):
