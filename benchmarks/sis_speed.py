@@ -10,11 +10,12 @@ Every setting runs in a FRESH subprocess, so its peak memory is that process's m
 paper's losses (hinge + 10·FM + 10·VGG19 (random weights: timing only) + 1·L_att), Adam.
 
 Rows:
-* ``ours``       — this implementation: SDPA self-attention, the fake generated once per iteration
-                   and reused (detached) for the D step;
-* ``reference``  — the same weights run the way the paper's code runs: explicit N×N self-attention
-                   maps and a second generator forward in the D step (an in-house stand-in for the
-                   official code, measured under the same load as ``ours``);
+* ``ours``       — this implementation: SDPA self-attention, fused memory-lean GEGLU, token-chunked
+                   inference, the fake generated once per iteration and reused (detached) for the D step;
+* ``reference``  — the same model run the way the paper's code runs (config ``kernels="reference"``):
+                   explicit N×N self-attention maps, plain-autograd GEGLU, no chunking, and a second
+                   generator forward in the D step (an in-house stand-in for the official code,
+                   measured under the same load as ``ours``);
 * ``ours+malloc`` — ``ours`` with glibc told to reuse freed memory instead of returning every big
                    tensor to the OS (``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2**36``; jemalloc or
                    tcmalloc through LD_PRELOAD do the same — PyTorch's CPU tuning guide recommends it);
@@ -59,7 +60,7 @@ def _worker(spec: dict) -> dict:
     reference = spec["impl"] == "reference"  # "ours", "ours+malloc" (same code, tuned allocator) or "reference"
     config = get_config(spec["config"], num_classes=spec["classes"], resolution=tuple(spec["resolution"]),
                         gradient_checkpointing=spec.get("checkpointing", False),
-                        attention_impl="naive" if reference else "sdpa")
+                        kernels="reference" if reference else "efficient")
     torch.manual_seed(0)
     model = build_model(config, device=device)
     batch = spec["batch"]

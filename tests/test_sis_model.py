@@ -184,17 +184,26 @@ def test_drop_background_removes_one_shape_token():
 
 
 # ---- generator options -----------------------------------------------------------------------------
-def test_sdpa_and_naive_self_attention_agree():
+@pytest.mark.parametrize("grad", [False, True])
+def test_efficient_and_reference_kernels_compute_the_same_function(grad):
+    """SDPA + fused/chunked feed-forward == explicit attention maps + plain autograd (the paper's way)."""
     torch.manual_seed(1)
-    sdpa = _small()
-    naive = build_model(sdpa.config.replace(attention_impl="naive")).eval()
-    naive.load_state_dict(sdpa.state_dict())
-    _perturb_zero_inits(sdpa, naive)
+    efficient = _small()
+    reference = build_model(efficient.config.replace(kernels="reference")).eval()
+    reference.load_state_dict(efficient.state_dict())
+    _perturb_zero_inits(efficient, reference)
     image, onehot = _batch((32, 32))
-    with torch.no_grad():
-        a, la = sdpa(image, onehot, return_attention=True)
-        b, lb = naive(image, onehot, return_attention=True)
+    outputs = []
+    for model in (efficient, reference):
+        with torch.set_grad_enabled(grad):
+            out, logits = model(image, onehot, return_attention=True)
+        if grad:
+            (out.square().mean() + sum(x.mean() for x in logits)).backward()
+        outputs.append((out, logits, [p.grad for p in model.parameters()]))
+    (a, la, ga), (b, lb, gb) = outputs
     assert torch.allclose(a, b, atol=1e-5) and all(torch.allclose(x, y, atol=1e-4) for x, y in zip(la, lb))
+    if grad:
+        assert all(torch.allclose(x, y, atol=1e-5, rtol=1e-4) for x, y in zip(ga, gb))
 
 
 def test_chunked_inference_path_matches_the_autograd_path(monkeypatch):
@@ -213,17 +222,24 @@ def test_chunked_inference_path_matches_the_autograd_path(monkeypatch):
 
 
 @pytest.mark.parametrize("trainable", ["all", "input-only", "weights-only"])
-def test_fused_feed_forward_gradients_are_exact(monkeypatch, trainable):
+def test_fused_autograd_functions_give_exact_gradients(monkeypatch, trainable):
     from attnsynth.sis import generator as generator_module
 
     monkeypatch.setattr(generator_module, "GEGLU_CHUNK_ELEMENTS", 48)  # several row chunks of 3 rows
     ff = generator_module.FeedForward(dim=4, mult=4).double()
+    ln, linear = torch.nn.LayerNorm(4).double(), torch.nn.Linear(4, 6, bias=False).double()
+    with torch.no_grad():
+        for norm in (ff.norm, ln):
+            norm.weight.normal_(), norm.bias.normal_()
     x = torch.randn(2, 5, 4, dtype=torch.double, requires_grad=trainable != "weights-only")
-    ff.requires_grad_(trainable != "input-only")
+    for module in (ff, ln, linear):
+        module.requires_grad_(trainable != "input-only")
     inputs = tuple(t for t in (x, *ff.parameters()) if t.requires_grad)
     assert torch.autograd.gradcheck(lambda *_: ff(x), inputs)
+    inputs = tuple(t for t in (x, *ln.parameters(), *linear.parameters()) if t.requires_grad)
+    assert torch.autograd.gradcheck(lambda *_: generator_module.norm_linear(x, ln, linear), inputs)
     with torch.no_grad():
-        value, gate = ff.proj(x).chunk(2, dim=-1)
+        value, gate = ff.proj(ff.norm(x)).chunk(2, dim=-1)
         assert torch.allclose(ff(x), ff.out(value * torch.nn.functional.gelu(gate)))
 
 

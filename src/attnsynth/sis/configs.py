@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 ARCHES = ("ca2sis", "spade")
-ATTENTION_IMPLS = ("sdpa", "naive")
+KERNELS = ("efficient", "reference")
 PRESETS = ("small", "faithful", "spade-small", "spade-faithful")
 
 
@@ -56,7 +56,8 @@ class SISConfig:
     self_attention: tuple[bool, ...] = (True, True, True, False, False)
     ff_mult: int = 4  # GEGLU feed-forward hidden width = ff_mult × inner width
     norm_groups: int = 32  # GroupNorm groups in the generator (min(this, channels))
-    attention_impl: str = "sdpa"  # self-attention kernel: "sdpa" (memory-efficient) or "naive" (explicit maps)
+    kernels: str = "efficient"  # "efficient", or "reference": the paper code's computation (explicit N×N attention
+    #                              maps, plain-autograd feed-forward, no chunking) — same maths, for checks and benchmarks
     gradient_checkpointing: bool = False  # recompute block activations in backward (less memory, more time)
 
     # SPADE baseline generator.
@@ -88,8 +89,8 @@ class SISConfig:
 
         if self.arch not in ARCHES:
             fail("arch", self.arch, f"one of {ARCHES}")
-        if self.attention_impl not in ATTENTION_IMPLS:
-            fail("attention_impl", self.attention_impl, f"one of {ATTENTION_IMPLS}")
+        if self.kernels not in KERNELS:
+            fail("kernels", self.kernels, f"one of {KERNELS}")
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
             fail("num_classes", self.num_classes, "an integer >= 2")
         if len(self.resolution) != 2 or min(self.resolution) <= 0:

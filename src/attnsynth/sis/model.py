@@ -64,7 +64,7 @@ class SISModel(nn.Module):
                 num_shape_tokens=config.num_shape_tokens, start_size=config.start_size, style_dim=config.style_dim,
                 base_channels=config.base_channels, stage_channels=config.stage_channels, stage_heads=config.stage_heads,
                 stage_head_dim=config.stage_head_dim, self_attention=config.self_attention, ff_mult=config.ff_mult,
-                norm_groups=config.norm_groups, attention_impl=config.attention_impl,
+                norm_groups=config.norm_groups, reference_kernels=config.kernels == "reference",
                 gradient_checkpointing=config.gradient_checkpointing)
         else:
             self.mask_embedder = None
