@@ -213,7 +213,7 @@ def test_chunked_inference_path_matches_the_autograd_path(monkeypatch):
     monkeypatch.setattr(generator_module, "GEGLU_CHUNK_ELEMENTS", 5000)
     model = _small(resolution=(32, 64))
     _perturb_zero_inits(model)
-    image, onehot = _batch((32, 64))
+    image, onehot = _batch((32, 64), batch=5)  # 4×8 maps: blocks of 3 + 2 images; larger maps: token ranges
     with torch.no_grad():
         chunked, chunked_logits = model(image, onehot, return_attention=True)
     full, full_logits = model(image, onehot, return_attention=True)  # grad mode: fused autograd feed-forward

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 ARCHES = ("ca2sis", "spade")
@@ -74,8 +74,6 @@ class SISConfig:
     mapping_hidden: int = 512
     mapping_shared_layers: int = 4
     mapping_head_layers: int = 2
-
-    extra: Mapping[str, Any] = field(default_factory=dict)  # free-form notes saved with the config
 
     def __post_init__(self) -> None:
         for key in ("resolution", "stage_channels", "stage_heads", "stage_head_dim", "self_attention"):
@@ -172,9 +170,7 @@ class SISConfig:
     # ---- (de)serialisation -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples become lists)."""
-        data = dataclasses.asdict(self)
-        data["extra"] = dict(self.extra)
-        return data
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SISConfig":

@@ -315,8 +315,9 @@ class SpatialTransformer(_Checkpointable):
         return x + h, logits
 
     def _forward_chunked(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same maths without autograd: every per-token layer runs on chunks of one image's tokens,
-        so no temporary is larger than a few MB (no page-fault storm, per-image cost flat in batch size)."""
+        """The same maths without autograd, the per-token layers run on blocks of ≤ INFERENCE_CHUNK_TOKENS
+        tokens (a token range of one image, or several whole small images): no temporary exceeds a few
+        MB, so big maps cause no page-fault storm while small maps still batch across images."""
         batch, channels, height, width = x.shape
         tokens = height * width
         normed = self.norm(x).permute(0, 2, 3, 1).reshape(batch, tokens, channels)  # view if channels-last
@@ -326,14 +327,17 @@ class SpatialTransformer(_Checkpointable):
         k, v = self.attn2.keys_values(context)
         out = x.new_empty(batch, tokens, channels)
         logits = x.new_empty(batch, tokens, k.shape[2])
-        for b in range(batch):
-            for start in range(0, tokens, INFERENCE_CHUNK_TOKENS):
-                part = slice(start, start + INFERENCE_CHUNK_TOKENS)
-                h = full[b:b + 1, part] if self.attn1 is not None else self.proj_in(normed[b:b + 1, part])
-                attended, logits[b:b + 1, part] = self.attn2.attend(h, k[b:b + 1], v[b:b + 1])
+        images = max(1, INFERENCE_CHUNK_TOKENS // tokens)  # images per block
+        span = min(tokens, INFERENCE_CHUNK_TOKENS)  # tokens per block
+        for first in range(0, batch, images):
+            group = slice(first, first + images)
+            for start in range(0, tokens, span):
+                part = slice(start, start + span)
+                h = full[group, part] if self.attn1 is not None else self.proj_in(normed[group, part])
+                attended, logits[group, part] = self.attn2.attend(h, k[group], v[group])
                 h = h + attended
                 h = h + self.ff(h)
-                out[b:b + 1, part] = self.proj_out(h)
+                out[group, part] = self.proj_out(h)
         out = out.view(batch, height, width, channels).permute(0, 3, 1, 2)
         return x + out, logits.transpose(1, 2).reshape(batch, -1, height, width)
 
