@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from attnsynth.cli import app
-from attnsynth.sis.configs import get_config
+from attnsynth.sis.configs import SISConfig, get_config
 from attnsynth.sis.mapping import MappingNetwork
 from attnsynth.sis.model import (
     SISModel,
@@ -58,6 +58,15 @@ def test_cli_info_json_reports_every_module():
     counts = json.loads(result.output)
     assert set(counts) == {"style_encoder", "mask_embedder", "decoder", "discriminator", "total"}
     assert counts == parameter_counts(get_config("small", num_classes=5, resolution=(64, 128)))
+
+
+def test_config_round_trips_through_json_and_rejects_unknown_keys():
+    cfg = get_config("spade-small", num_classes=5, resolution=(32, 64), drop_background=True)
+    data = json.loads(json.dumps(cfg.to_dict()))  # tuples become lists in JSON
+    assert SISConfig.from_dict(data) == cfg
+    with pytest.raises(ValueError, match="unknown keys"):
+        SISConfig.from_dict({**data, "ngf": 64})
+    assert cfg.num_shape_tokens == 4 and cfg.shape_grid == (32, 64) and cfg.stage_sizes[-1] == (32, 64)
 
 
 @pytest.mark.parametrize("bad", [dict(resolution=100), dict(num_classes=1), dict(stage_heads=(8, 8))])
