@@ -33,3 +33,16 @@ def test_sis_section_on_a_saved_small_checkpoint(tmp_path):
     names = _referenced_files_exist(html, tmp_path / "out")
     assert {"sis_0_recon.png", "sis_0_hair.png", "sis_0_swap.png", "sis_0_att_hair.png"} <= set(names)
     assert re.search(r"transfer acc \d\.\d\d", html)
+
+
+def test_t2i_section_on_a_tiny_pipeline(tmp_path):
+    from attnsynth.t2i import demo_page as t2i_demo
+    from attnsynth.t2i.testing import tiny_sd_pipeline
+
+    pipe = tiny_sd_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.attnsynth_defaults = {"num_inference_steps": 4, "guided_steps": 2, "step_size": 20.0}
+    html = t2i_demo.render(tmp_path, pipe=pipe, prompts=(("a red circle and a blue square", ["circle", "square"]),), seeds=(0,))
+    names = _referenced_files_exist(html, tmp_path)
+    assert {"t2i_0_0_plain.png", "t2i_0_0_guided.png", "t2i_0_0_attention.png"} <= set(names)
+    assert "unguided" in html and "AI-T2I" in html
