@@ -32,3 +32,16 @@ def test_atomic_directory_all_or_nothing(tmp_path):
     with atomic_directory(target, overwrite=True) as tmp:
         (tmp / "b").write_text("2")
     assert sorted(p.name for p in target.iterdir()) == ["b"]
+
+
+def test_read_json_errors_name_the_file(tmp_path):
+    from attnsynth.utils.io import read_json
+
+    with pytest.raises(FileNotFoundError, match="record .*missing.json does not exist"):
+        read_json(tmp_path / "missing.json", "record")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    with pytest.raises(ValueError, match="record .*bad.json is not valid JSON .*line 1"):
+        read_json(bad, "record")
+    atomic_write_text(tmp_path / "ok.json", '{"a": 1}')
+    assert read_json(tmp_path / "ok.json") == {"a": 1}

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from attnsynth.data.labelsets import CELEBAMASK_HQ, LabelSet
-from attnsynth.utils.io import atomic_directory
+from attnsynth.utils.io import atomic_directory, read_json
 
 FORMAT_VERSION = 1
 LABELSET_FILE = "labelset.json"  # RUN/labelset.json: class names, flip pairs, presets of the model
@@ -109,12 +109,7 @@ def load_training_state(
     """Load what :func:`save_training_state` wrote into existing modules/optimisers; return ``state``."""
     directory = Path(directory)
     state_path = directory / "state.json"
-    if not state_path.is_file():
-        raise FileNotFoundError(f"{state_path} does not exist: {directory} is not a training checkpoint")
-    try:
-        meta = json.loads(state_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{state_path} is not valid JSON ({error.msg})") from None
+    meta = read_json(state_path, "training-checkpoint state")
     if meta.get("format") != FORMAT_VERSION:
         raise ValueError(f"{state_path} has format {meta.get('format')!r}; expected {FORMAT_VERSION}")
     for name, module in modules.items():

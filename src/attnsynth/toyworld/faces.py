@@ -30,7 +30,7 @@ from attnsynth.toyworld.faces_oracle import (
     transfer_accuracy,
 )
 from attnsynth.toyworld.faces_record import ClassStyle, FaceGeometry, FaceRecord, Illumination, sample_illumination, sample_record
-from attnsynth.utils.io import png_bytes
+from attnsynth.utils.io import png_bytes, read_json
 
 __all__ = [
     "LABELSET", "CLASS_NAMES", "NUM_CLASSES", "MIN_RESOLUTION", "MAX_RESOLUTION",
@@ -90,12 +90,7 @@ def render_record(record: FaceRecord, resolution: int, *, labels: np.ndarray | N
 def load_record(path: str | os.PathLike) -> FaceRecord:
     """Read a record JSON written by ``export`` (or ``json.dump(record.to_dict())``)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"face record {path} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"face record {path} is not valid JSON ({error.msg} at line {error.lineno})") from None
+    data = read_json(path, "face record")
     try:
         return FaceRecord.from_dict(data)
     except ValueError as error:

@@ -89,3 +89,14 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Parse the JSON file ``path``; a missing or malformed file raises a one-line error naming ``what`` and the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{what} {path} is not valid JSON ({error.msg} at line {error.lineno})") from None
