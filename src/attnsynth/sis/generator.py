@@ -121,9 +121,14 @@ def _wants_grad(x: torch.Tensor, *modules: nn.Module) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for m in modules for p in m.parameters()))
 
 
+def _autocast(x: torch.Tensor) -> bool:
+    """Mixed precision is on: the fused fp32 kernels (explicit ``addmm(out=…)``, custom autograd) step aside."""
+    return x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)
+
+
 def norm_linear(x: torch.Tensor, norm: nn.LayerNorm, linear: nn.Linear, *, fused: bool = True) -> torch.Tensor:
     """linear(norm(x)); with `fused` and autograd, LN(x) is recomputed in backward instead of stored."""
-    if fused and _wants_grad(x, norm, linear):
+    if fused and not _autocast(x) and _wants_grad(x, norm, linear):
         return _LayerNormLinear.apply(x, norm.weight, norm.bias, linear.weight, linear.bias, norm.eps)
     return linear(norm(x))
 
@@ -260,7 +265,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, N, dim] → [B, N, dim] (the residual branch); memory-lean fused autograd when training."""
-        if self.reference_kernels:
+        if self.reference_kernels or _autocast(x):
             value, gate = self.proj(self.norm(x)).chunk(2, dim=-1)
             return self.out(value * F.gelu(gate))
         if _wants_grad(x, self):
