@@ -120,7 +120,7 @@ def _worker(spec: dict) -> dict:
     peak = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     return {**spec, "wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus), "walls": walls,
-            "peak_gb": peak, "baseline_rss_gb": baseline_rss}
+            "peak_gb": peak, "baseline_rss_gb": baseline_rss, "load": os.getloadavg()[0]}
 
 
 # glibc tuned like a caching allocator: no per-tensor mmap/munmap (each big tensor otherwise costs fresh,
@@ -161,7 +161,7 @@ def _print_train_row(row: dict, threads: int, device: str) -> None:
     ratio = f"{anchor_s / per_image:5.2f}×" if row["batch"] == 1 else f"{anchor_s / per_image:5.2f}×/img"
     print(f"train  {row['impl']:<12} ckpt={str(row['checkpointing']):<5} B={row['batch']}  wall {row['wall_s']:7.2f} s  "
           f"cpu/{threads} {est:7.2f} s  peak {row['peak_gb']:5.2f} GB (base {row['baseline_rss_gb']:.2f})  "
-          f"| anchor {anchor_s:4.1f} s {anchor_gb:.1f} GB → speed {ratio} memory {row['peak_gb'] / anchor_gb:4.2f}×", flush=True)
+          f"| anchor {anchor_s:4.1f} s {anchor_gb:.1f} GB → speed {ratio} memory {row['peak_gb'] / anchor_gb:4.2f}×  (load {row['load']:.1f})", flush=True)
 
 
 def _print_summary(rows: list[dict], threads: int) -> None:
@@ -191,7 +191,7 @@ def _infer_rows(args, device: str) -> list[dict]:
             anchor = ANCHOR_INFER.get(batch)
             note = f"| anchor {anchor:.1f} s/img → {anchor / (est / batch):4.2f}×" if anchor else ""
             print(f"infer  {impl:<12} B={batch}  wall {row['wall_s'] / batch:6.2f} s/img  cpu/{args.threads} "
-                  f"{est / batch:6.2f} s/img  {batch / est:5.2f} img/s  peak {row['peak_gb']:5.2f} GB {note}", flush=True)
+                  f"{est / batch:6.2f} s/img  {batch / est:5.2f} img/s  peak {row['peak_gb']:5.2f} GB {note} (load {row['load']:.1f})", flush=True)
     return rows
 
 

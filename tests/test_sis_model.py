@@ -220,9 +220,10 @@ def test_chunked_inference_path_matches_the_autograd_path(monkeypatch):
 
     monkeypatch.setattr(generator_module, "INFERENCE_CHUNK_TOKENS", 100)  # chunks that do not divide the maps
     monkeypatch.setattr(generator_module, "GEGLU_CHUNK_ELEMENTS", 5000)
+    monkeypatch.setattr(generator_module, "PER_IMAGE_PIXELS", 500)  # 16×32 and 32×64 maps: image by image
     model = _small(resolution=(32, 64))
     _perturb_zero_inits(model)
-    image, onehot = _batch((32, 64), batch=5)  # 4×8 maps: blocks of 3 + 2 images; larger maps: token ranges
+    image, onehot = _batch((32, 64), batch=5)  # 4×8 maps: blocks of 3 + 2 images; larger: token ranges, per image
     with torch.no_grad():
         chunked, chunked_logits = model(image, onehot, return_attention=True)
     full, full_logits = model(image, onehot, return_attention=True)  # grad mode: fused autograd feed-forward

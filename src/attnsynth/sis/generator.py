@@ -15,8 +15,9 @@ Efficiency choices (same parameters and maths as the paper's code):
   function that keeps only its input and hidden pre-activation and works in row chunks, and every
   LayerNorm → projection pair recomputes the normalised tokens in backward instead of storing them
   (together ≈ 45 % less activation memory than plain autograd, at the same speed);
-* without autograd (inference) every per-token layer runs on token chunks of one image, so no
-  temporary exceeds a few MB and the per-image cost does not grow with the batch;
+* without autograd (inference) blocks on large maps run image by image and every per-token layer
+  on token chunks, so no temporary exceeds a few MB and the per-image cost does not grow with
+  the batch, while small maps still batch across images;
 * optional gradient checkpointing per sub-layer (norm+proj-in, self-attn, cross-attn, FF in token
   chunks, proj-out, ResBlock), so the peak holds one sub-layer's activations at a time.
 
@@ -36,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 FF_CHUNK_TOKENS = 4096  # feed-forward token chunk under gradient checkpointing (bounds the peak)
 INFERENCE_CHUNK_TOKENS = 2048  # token chunk of the per-token layers without autograd (small, cache-friendly)
+PER_IMAGE_PIXELS = 64 * 64  # without autograd, blocks on maps at least this large run one image at a time
 
 
 def group_norm(channels: int, groups: int, *, eps: float = 1e-6) -> nn.GroupNorm:
@@ -47,6 +49,34 @@ def _zero_(module: nn.Module) -> nn.Module:
     for parameter in module.parameters():
         nn.init.zeros_(parameter)
     return module
+
+
+def map_images(fn: Callable, *tensors: torch.Tensor):
+    """fn(*tensors) computed one batch item at a time into preallocated outputs (inference only).
+
+    Big maps gain nothing from batching, but their B-times-larger temporaries would each be fresh
+    zero-filled pages; one image at a time they stay small and are reused by the allocator.
+    """
+    batch = tensors[0].shape[0]
+    outs: list[torch.Tensor] = []
+    single = False
+    for b in range(batch):
+        result = fn(*(t[b:b + 1] for t in tensors))
+        single = isinstance(result, torch.Tensor)
+        items = (result,) if single else tuple(result)
+        if not outs:
+            for item in items:
+                channels_last = item.ndim == 4 and item.is_contiguous(memory_format=torch.channels_last)
+                layout = torch.channels_last if channels_last else torch.contiguous_format
+                outs.append(torch.empty((batch, *item.shape[1:]), dtype=item.dtype, device=item.device, memory_format=layout))
+        for out, item in zip(outs, items):
+            out[b:b + 1] = item
+    return outs[0] if single else tuple(outs)
+
+
+def _per_image(x: torch.Tensor, pixels: int) -> bool:
+    """True when a block should run image by image: no autograd, batch > 1 and a large map."""
+    return not torch.is_grad_enabled() and x.shape[0] > 1 and pixels >= PER_IMAGE_PIXELS
 
 
 class _Checkpointable(nn.Module):
@@ -82,6 +112,8 @@ class ResBlock(_Checkpointable):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, in, h, w] → [B, out, h, w] (×2 when upsampling)."""
+        if _per_image(x, x.shape[-2] * x.shape[-1] * (4 if self.upsample else 1)):
+            return map_images(self._forward, x)
         return self._run(self._forward, x)
 
 
@@ -304,6 +336,8 @@ class SpatialTransformer(_Checkpointable):
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, c, h, w], context [B, C, D_style] → (x' [B, c, h, w], logits [B, C, h, w])."""
         if not (torch.is_grad_enabled() or self.reference_kernels):
+            if _per_image(x, x.shape[-2] * x.shape[-1]):
+                return map_images(self._forward_chunked, x, context)
             return self._forward_chunked(x, context)
         batch, channels, height, width = x.shape
         h = self._run(self._enter, x)

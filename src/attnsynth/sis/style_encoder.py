@@ -84,6 +84,11 @@ class StyleEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
         """image [B, 3, H, W] in [-1, 1], onehot [B, C, H, W] (0/1 floats) → style tokens [B, C, D_style]."""
+        if not torch.is_grad_enabled() and image.shape[0] > 1:  # inference: one image at a time keeps
+            return torch.cat([self._encode(image[i:i + 1], onehot[i:i + 1]) for i in range(image.shape[0])])  # maps small
+        return self._encode(image, onehot)
+
+    def _encode(self, image: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
         c = self.num_classes
         skips = []
         x = self.stem(image)
