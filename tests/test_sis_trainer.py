@@ -232,3 +232,14 @@ def test_cli_train_dry_run_resume_and_refusal(tmp_path, capsys, monkeypatch):
     assert code == 2 and printed.err.startswith("error:") and "--resume" in printed.err and printed.err.strip().count("\n") == 0
     code, printed = cli(*common, "--steps", "3", "--resolution", "30x32", "--resume")
     assert code == 2 and "resolution" in printed.err
+
+
+def test_checkpoint_from_another_model_is_a_one_line_error(tmp_path):
+    model, other = torch.nn.Linear(3, 2), torch.nn.Sequential(torch.nn.Linear(3, 2))
+    optimizer = torch.optim.Adam(model.parameters())
+    ckpt.save_training_state(tmp_path / "c", modules={"m": model}, optimizers={"m": optimizer}, state={"step": 1})
+    with pytest.raises(ValueError, match=r"m\.safetensors does not match Sequential"):
+        ckpt.load_training_state(tmp_path / "c", modules={"m": other}, optimizers={})
+    restored = torch.nn.Linear(3, 2)
+    assert ckpt.load_training_state(tmp_path / "c", modules={"m": restored}, optimizers={"m": torch.optim.Adam(restored.parameters())}) == {"step": 1}
+    assert torch.equal(restored.weight, model.weight)

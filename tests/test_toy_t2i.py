@@ -150,3 +150,16 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path):
     for p in model.parameters():
         for name in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(fresh.state[p][name], optimizer.state[p][name])
+
+
+def test_min_snr_weighting_caps_low_noise_timesteps():
+    from attnsynth.toyworld.t2i_model import build_noise_scheduler
+    from attnsynth.toyworld.t2i_train import diffusion_loss
+
+    scheduler = build_noise_scheduler(TINY_CONFIG)
+    pred, target = torch.zeros(2, 4, 4, 4), torch.ones(2, 4, 4, 4)  # per-sample MSE = 1
+    noisy_end, clean_end = torch.tensor([999, 999]), torch.tensor([0, 0])
+    assert diffusion_loss(pred, target, clean_end, scheduler, None).item() == pytest.approx(1.0)
+    assert diffusion_loss(pred, target, noisy_end, scheduler, 5.0).item() == pytest.approx(1.0)  # SNR < γ: weight 1
+    snr0 = scheduler.alphas_cumprod[0] / (1 - scheduler.alphas_cumprod[0])
+    assert diffusion_loss(pred, target, clean_end, scheduler, 5.0).item() == pytest.approx(5.0 / snr0.item(), rel=1e-4)

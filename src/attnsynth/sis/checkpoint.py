@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from attnsynth.data.labelsets import CELEBAMASK_HQ, LabelSet
+from attnsynth.sis.model import load_safetensors
 from attnsynth.utils.io import atomic_directory, read_json
 
 FORMAT_VERSION = 1
@@ -116,8 +117,7 @@ def load_training_state(
         path = directory / f"{name}.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file {path} is missing")
-        device = next(iter(module.state_dict().values())).device if module.state_dict() else "cpu"
-        module.load_state_dict(load_file(str(path), device=str(device)))
+        load_safetensors(module, path)  # key mismatch (e.g. a checkpoint from another config) -> one-line ValueError
     for name, optimizer in optimizers.items():
         path = directory / f"optim_{name}.safetensors"
         if not path.is_file() or name not in meta["optimizers"]:

@@ -70,6 +70,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     kl_weight: float = 1e-4  # per latent element
     caption_dropout: float = 0.1  # share of empty captions (classifier-free guidance)
+    snr_gamma: float | None = 5.0  # Min-SNR-γ loss weighting (Hang et al. 2023; converges faster); None = plain MSE
     ema_decay: float = 0.999  # EMA ceiling; warm-up 1 − (1 + step)^(−2/3) below it
     seed: int = 0
     train_seed_start: int = 0  # scenes shapes.render(seed) with seed in [start, start + count)
@@ -96,6 +97,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            raise ValueError(f"snr_gamma must be > 0 (or None for plain MSE), got {self.snr_gamma}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.train_seed_start + self.train_seed_count > self.eval_seed_start and self.eval_seed_start >= self.train_seed_start:
@@ -118,6 +121,7 @@ class TrainConfig:
         unknown = sorted(set(data) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown TrainConfig keys {unknown}")
+        data = {"snr_gamma": None, **data}  # runs saved before Min-SNR existed trained with plain MSE
         return cls(**data)
 
 
@@ -141,6 +145,23 @@ def render_batch(seeds: list[int], resolution: int) -> tuple[torch.Tensor, list[
         captions.append(scene.caption)
     pixels = torch.stack(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [B, 3, H, W]
     return pixels, captions
+
+
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, scheduler, snr_gamma: float | None) -> torch.Tensor:
+    """MSE between prediction and target, per sample weighted by Min-SNR-γ when ``snr_gamma`` is set.
+
+    Min-SNR caps the weight of low-noise timesteps (whose ε targets are nearly unlearnable noise)
+    at γ/SNR, which speeds up convergence several-fold; for v-prediction the weight is
+    min(SNR, γ) / (SNR + 1).
+    """
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(1)  # [B]
+    if snr_gamma is None:
+        return per_sample.mean()
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(scheduler, timesteps).float()  # [B]
+    weight = torch.clamp(snr, max=snr_gamma) / (snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr)
+    return (per_sample * weight).mean()
 
 
 def batch_seeds(config: TrainConfig, step: int, batch_size: int, rank: int, world: int) -> list[int]:
@@ -442,7 +463,7 @@ class Trainer:
                 g["lr"] = learning_rate(cfg, cfg.lr, step, cfg.steps, cfg.warmup_steps)
             hidden = text_encoder(ids)[0]  # [B, L, D]
             pred = unet(noisy, timesteps, hidden).sample
-            loss = F.mse_loss(pred.float(), target.float())
+            loss = diffusion_loss(pred, target, timesteps, noise_scheduler, cfg.snr_gamma)
             acc.backward(loss)
             acc.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
