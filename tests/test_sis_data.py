@@ -149,3 +149,13 @@ def test_augmentation_is_a_function_of_the_seed_and_flips_sometimes(tmp_path):
     # a flip mirrors AND relabels, so the left column always stays l_eye (4)
     assert all(int(o[0, 0]) == 4 and int(o[0, -1]) == 5 for o in outs)
     assert len({tuple(o[0].tolist()) for o in outs}) > 1  # the crop offset varies with the seed
+
+
+def test_toy_faces_export_keeps_the_edit_presets_of_its_registered_label_set(tmp_path):
+    from attnsynth.toyworld import faces
+
+    faces.export(tmp_path / "toy", n=4, resolution=32, seed=0, test_fraction=0.5)
+    ds = load_dataset(tmp_path / "toy", split="train", resolution=(16, 16))
+    assert ds.label_set.class_names == CELEBAMASK_HQ.class_names
+    assert ds.label_set.resolve("eyes") == ds.label_set.resolve("l_eye,r_eye")  # preset from celebamask_hq
+    assert set(ds.label_set.resolve("mouth")) == {10, 11, 12}

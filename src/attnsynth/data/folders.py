@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from attnsynth.data.base import PairDataset
-from attnsynth.data.labelsets import LabelSet
+from attnsynth.data.labelsets import LABELSETS, LabelSet
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -93,19 +93,25 @@ def labelset_from_json(path: Path, *, name: str) -> LabelSet:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"cannot read {path}: {' '.join(str(error).split())}") from None
+    registered = None  # a dataset.json may name a registered label set ("labelset": "celebamask_hq")
     for key in ("labelset", "label_set"):  # dataset.json of a toy-faces export nests the label set
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
+        elif isinstance(data, dict) and isinstance(data.get(key), str):
+            registered = LABELSETS.get(data[key].strip().lower())
     if isinstance(data, list):
         data = {"names": data}
     names = data.get("class_names", data.get("names")) if isinstance(data, dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ValueError(f"{path} must hold a list of class names under 'names' (or 'class_names')")
+    presets = {str(k): tuple(int(i) for i in v) for k, v in data.get("presets", {}).items()}
+    if registered is not None and registered.class_names == tuple(names):
+        presets = {**registered.presets, **presets}  # the registered edit presets (eyes, mouth, brows…), file wins
     return LabelSet(
         name=str(data.get("name", name)),
         class_names=tuple(names),
         flip_pairs=tuple(tuple(int(i) for i in p) for p in data.get("flip_pairs", [])),
-        presets={str(k): tuple(int(i) for i in v) for k, v in data.get("presets", {}).items()},
+        presets=presets,
     )
 
 

@@ -30,6 +30,17 @@ def _tensors(scene) -> tuple[torch.Tensor, torch.Tensor]:
     return from_uint8(scene.image)[None], torch.from_numpy(scene.labels.astype(np.int64))[None]
 
 
+def _training_summary(checkpoint: Path) -> str:
+    """' for N steps at batch B' from the run's train_config.json, when it ships beside the weights."""
+    path = Path(checkpoint) / "train_config.json"
+    if not path.is_file():
+        return ""
+    from attnsynth.utils.io import read_json
+
+    train = read_json(path, "SIS train config").get("train", {})
+    return f" for {train.get('steps')} steps at batch {train.get('batch_size')} on one CPU core" if train else ""
+
+
 def _figure(out_dir: Path, name: str, image: np.ndarray, caption: str) -> str:
     atomic_save_png(out_dir / name, image)
     return f'<figure><img src="{name}" width="{image.shape[1] * SCALE}"><figcaption>{caption}</figcaption></figure>'
@@ -69,9 +80,10 @@ def render(out_dir: Path, *, checkpoint: Path = TOY_CHECKPOINT, pairs: int = 3) 
             heat = (probs[class_id].clamp(0, 1).numpy() * 255).astype(np.uint8)
             cells.append(_figure(out_dir, f"sis_{k}_att_{name}.png", np.repeat(heat[..., None], 3, axis=2), f"attention: {name}"))
         rows.append("<div>" + "".join(cells) + "</div>")
+    trained = _training_summary(checkpoint)
     return (
         f"<p>Checkpoint: the small CA²-SIS model shipped in the package ({checkpoint.name}), trained on toy faces at "
-        f"{resolution}². Style error 0 = exact styles after removing illumination; transfer accuracy = fraction of classes "
+        f"{resolution}²{trained}. Style error 0 = exact styles after removing illumination; transfer accuracy = fraction of classes "
         "showing the expected style (reference for the transferred class, original for the rest). Attention maps are the "
         "per-class softmax averaged over the generator's cross-attention layers.</p>" + "\n".join(rows)
     )
