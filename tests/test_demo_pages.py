@@ -46,3 +46,22 @@ def test_t2i_section_on_a_tiny_pipeline(tmp_path):
     names = _referenced_files_exist(html, tmp_path)
     assert {"t2i_0_0_plain.png", "t2i_0_0_guided.png", "t2i_0_0_attention.png"} <= set(names)
     assert "unguided" in html and "AI-T2I" in html
+
+
+def test_shipped_sis_checkpoint_loads_offline_and_uses_the_given_style():
+    import numpy as np
+
+    from attnsynth.metrics import psnr
+    from attnsynth.sis import edits
+    from attnsynth.toyworld import faces
+    from attnsynth.utils.images import from_uint8
+
+    model, label_set = edits.load_model(sis_demo.TOY_CHECKPOINT)
+    assert model.config.arch == "ca2sis" and model.config.resolution == (64, 64)
+    assert label_set.resolve("eyes") == label_set.resolve("l_eye,r_eye")  # edit presets ship with it
+    scenes = [faces.render(sis_demo.HELD_OUT_SEED + k, 64) for k in range(4)]
+    images = torch.stack([from_uint8(s.image) for s in scenes])
+    labels = torch.stack([torch.from_numpy(s.labels.astype(np.int64)) for s in scenes])
+    recon = edits.reconstruct(model, images, labels).images
+    # every held-out face is reconstructed closer to itself than to another face
+    assert bool((psnr(recon, images) > psnr(recon, images.roll(1, 0))).all())

@@ -16,6 +16,7 @@ from attnsynth.utils.io import atomic_write_text
 
 SECTIONS = [
     "attnsynth.toyworld.demo_page",
+    "attnsynth.sis.demo_page",
     "attnsynth.t2i.demo_page",
 ]
 
