@@ -263,6 +263,8 @@ class Trainer:
             raise FileNotFoundError(f"--init-from {self.init_from} is not a diffusers pipeline directory (no model_index.json)")
         self.accelerator = Accelerator(cpu=device == "cpu")
         self.is_main = self.accelerator.is_main_process
+        if not self.is_main:  # one progress line per step, not one per process
+            self.echo = lambda message: None
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(config_path, config.to_dict())
