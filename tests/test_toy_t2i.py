@@ -18,7 +18,7 @@ from attnsynth.toyworld.t2i_model import (
     learn_merges,
     load_t2i_pipeline,
 )
-from attnsynth.toyworld.t2i_train import TrainConfig, load_optimizer, save_optimizer, train_t2i
+from attnsynth.toyworld.t2i_train import TrainConfig, export_t2i, load_optimizer, save_optimizer, train_t2i
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +136,16 @@ def test_trainer_resumes_exactly(tmp_path):
     warm = train_t2i(tmp_path / "warm", _tiny(stage="unet", steps=1), init_from=tmp_path / "pipe", device="cpu", echo=quiet)
     assert json.loads((tmp_path / "warm/checkpoints/unet/state.json").read_text())["step"] == 1
     assert warm.tokenizer.get_vocab() == pipe.tokenizer.get_vocab()
+    # Export without training: the same EMA weights as --export-to; a warm-started run needs its --init-from (VAE).
+    export_t2i(split, tmp_path / "pipe2", echo=quiet)
+    for name in ("unet/diffusion_pytorch_model", "text_encoder/model", "vae/diffusion_pytorch_model"):
+        first, second = load_file(tmp_path / "pipe" / f"{name}.safetensors"), load_file(tmp_path / "pipe2" / f"{name}.safetensors")
+        assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first), name
+    with pytest.raises(FileNotFoundError, match="no finished VAE"):
+        export_t2i(tmp_path / "warm", tmp_path / "pipe3", echo=quiet)
+    export_t2i(tmp_path / "warm", tmp_path / "pipe3", init_from=tmp_path / "pipe", echo=quiet)
+    with pytest.raises(FileNotFoundError, match="not a train-t2i run"):
+        export_t2i(tmp_path / "nothing", tmp_path / "pipe4", echo=quiet)
 
 
 def test_optimizer_state_round_trips_without_pickle(tmp_path):

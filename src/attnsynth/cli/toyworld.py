@@ -89,3 +89,16 @@ def train_t2i_command(
         typer.echo(json.dumps(config.to_dict(), indent=2))
         return
     train_t2i(out, config, resume=resume, init_from=init_from, export_to=export_to, device=device, echo=typer.echo)
+
+
+@app.command("export-t2i")
+def export_t2i_command(
+    run: Path = typer.Option(..., "--run", help="A train-t2i run directory (with a UNet checkpoint)."),
+    out: Path = typer.Option(..., "--out", help="Output pipeline directory (fp16 diffusers layout)."),
+    init_from: Path = typer.Option(None, "--init-from", help="The pipeline the run was warm-started from (its VAE)."),
+) -> None:
+    """Export a run's latest EMA weights as a pipeline, without training (safe while the run continues)."""
+    from attnsynth.toyworld.t2i_train import export_t2i
+
+    path = export_t2i(run, out, init_from=init_from, echo=typer.echo)
+    typer.echo(f"exported pipeline to {path}")

@@ -568,3 +568,17 @@ def train_t2i(run_dir: str | Path, config: TrainConfig, *, resume: bool = False,
         path = trainer.export(export_to)
         echo(f"exported pipeline to {path}")
     return trainer
+
+
+def export_t2i(run_dir: str | Path, out_dir: str | Path, *, init_from: str | Path | None = None,
+               echo: Callable[[str], None] = print) -> Path:
+    """Export a run's latest EMA weights as a diffusers pipeline without training (e.g. while it still runs).
+
+    ``init_from`` is needed when the run was warm-started from a pipeline (its VAE lives there).
+    """
+    config_path = Path(run_dir) / "train_config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: {run_dir} is not a train-t2i run directory")
+    config = TrainConfig.from_dict(json.loads(config_path.read_text()))
+    trainer = Trainer(run_dir, config, resume=True, init_from=init_from, device="cpu", echo=echo)
+    return trainer.export(out_dir)
