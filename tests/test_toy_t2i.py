@@ -173,3 +173,38 @@ def test_min_snr_weighting_caps_low_noise_timesteps():
     assert diffusion_loss(pred, target, noisy_end, scheduler, 5.0).item() == pytest.approx(1.0)  # SNR < γ: weight 1
     snr0 = scheduler.alphas_cumprod[0] / (1 - scheduler.alphas_cumprod[0])
     assert diffusion_loss(pred, target, clean_end, scheduler, 5.0).item() == pytest.approx(5.0 / snr0.item(), rel=1e-4)
+
+
+_DDP_T2I_SCRIPT = """
+import sys, time, torch
+torch.set_num_threads(1)
+from accelerate import PartialState
+import attnsynth.toyworld.t2i_train as t2i_train
+from attnsynth.toyworld.t2i_model import TINY_CONFIG
+state = PartialState()
+if state.process_index == 1:  # this process's clock says a checkpoint is always due; the main's says never
+    real = time.time
+    t2i_train.time.time = lambda: real() + 10_000.0
+config = t2i_train.TrainConfig(steps=3, vae_steps=2, batch_size=1, vae_batch_size=1, warmup_steps=0, vae_warmup_steps=0,
+                               sample_every=0, log_every=1, threads=1, checkpoint_every_s=1_000.0, model=TINY_CONFIG)
+t2i_train.train_t2i(sys.argv[1], config, device="cpu", echo=lambda _: None)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_agree_on_time_based_checkpoints(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_t2i.py"
+    script.write_text(_DDP_T2I_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+                             str(script), str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[:6000]
+    assert json.loads((tmp_path / "run/checkpoints/unet/state.json").read_text())["step"] == 3

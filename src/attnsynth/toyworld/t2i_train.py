@@ -262,6 +262,7 @@ class Trainer:
         if self.init_from is not None and not (self.init_from / "model_index.json").is_file():
             raise FileNotFoundError(f"--init-from {self.init_from} is not a diffusers pipeline directory (no model_index.json)")
         self.accelerator = Accelerator(cpu=device == "cpu")
+        self.accelerator.wait_for_everyone()  # every process has checked the run directory before main writes to it
         self.is_main = self.accelerator.is_main_process
         if not self.is_main:  # one progress line per step, not one per process
             self.echo = lambda message: None
@@ -296,6 +297,20 @@ class Trainer:
         if self.is_main:
             with open(self.run_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def _checkpoint_due(self, last_save: float) -> bool:
+        """Whether ``checkpoint_every_s`` has passed, decided by the main process for all of them.
+
+        Every process must agree (a save starts with a barrier); clocks read at slightly different
+        moments would otherwise send one process into the barrier and the other into the next
+        gradient all-reduce — a deadlock.
+        """
+        due = torch.tensor([float(time.time() - last_save > self.config.checkpoint_every_s)], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast
+
+            due = broadcast(due, from_process=0)
+        return bool(due.item())
 
     def _checkpoint_dir(self, stage: str) -> Path:
         return self.run_dir / "checkpoints" / stage
@@ -363,7 +378,7 @@ class Trainer:
                 self.echo(f"vae step {step}/{cfg.vae_steps} loss {np.mean(running):.4f} ({dt:.2f} s/step)")
                 self.log({"stage": "vae", "step": step, "loss": float(np.mean(running)), "s_per_step": dt, "time": time.time()})
                 running, t_log = [], time.time()
-            if time.time() - last_save > cfg.checkpoint_every_s and step < cfg.vae_steps:
+            if self._checkpoint_due(last_save) and step < cfg.vae_steps:
                 self._save_vae(vae, optimizer, step, finished=False)
                 last_save = time.time()
         vae.eval()
@@ -484,7 +499,7 @@ class Trainer:
             if cfg.sample_every and step % cfg.sample_every == 0 and self.is_main:
                 _with_ema([ema_unet, ema_text], modules, lambda: self.sample_and_score(vae, *modules, step=step))
                 t_log = time.time()
-            if step == cfg.steps or time.time() - last_save > cfg.checkpoint_every_s:
+            if step == cfg.steps or self._checkpoint_due(last_save):
                 self._save_unet(modules, [ema_unet, ema_text], optimizer, step)
                 last_save = time.time()
 
