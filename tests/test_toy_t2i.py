@@ -208,3 +208,17 @@ def test_two_processes_agree_on_time_based_checkpoints(tmp_path):
                              str(script), str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[:6000]
     assert json.loads((tmp_path / "run/checkpoints/unet/state.json").read_text())["step"] == 3
+
+
+def test_benchmark_takes_the_models_recommended_settings_unless_overridden():
+    from types import SimpleNamespace
+
+    from attnsynth.toyworld.t2i_bench import BenchConfig
+
+    pipe = SimpleNamespace(attnsynth_defaults={"num_inference_steps": 30, "guidance_scale": 2.5, "attention_res": [8, 8],
+                                               "guided_steps": 10, "step_size": 12.0, "height": 64})
+    config = BenchConfig.for_pipeline(pipe, n_prompts=3, guidance_scale=None)
+    assert (config.num_inference_steps, config.guidance_scale, config.attention_res, config.guided_steps, config.step_size) == (30, 2.5, (8, 8), 10, 12.0)
+    assert config.n_prompts == 3
+    assert BenchConfig.for_pipeline(pipe, guidance_scale=6.0).guidance_scale == 6.0
+    assert BenchConfig.for_pipeline(SimpleNamespace()).guidance_scale == TOY_T2I_DEFAULTS["guidance_scale"]

@@ -14,6 +14,7 @@ def toy_t2i_command(
     methods: str = typer.Option("none,attend-excite,divide-bind,ait2i", "--methods", help="Comma list: none, attend-excite, divide-bind, ait2i."),
     subjects: str = typer.Option("1,2,3,4", "--subjects", help="Comma list of subject counts (1–4)."),
     steps: int = typer.Option(None, "--steps", help="Sampling steps (default: the model's recommended)."),
+    guidance_scale: float = typer.Option(None, "--guidance-scale", help="Classifier-free guidance (default: the model's recommended)."),
     guided_steps: int = typer.Option(None, "--guided-steps", help="Guided steps (default: the model's recommended)."),
     model: str = typer.Option(None, "--model", help="Pipeline directory (default: the shipped shapes-world model)."),
     device: str = typer.Option(None, "--device", help="torch device (default cpu)."),
@@ -34,17 +35,18 @@ def toy_t2i_command(
         if threads < 1:
             raise ValueError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
-    config = BenchConfig(n_prompts=prompts, n_seeds=seeds, methods=parse_methods(methods), subject_counts=parse_counts(subjects))
-    if steps is not None:
-        config = replace(config, num_inference_steps=steps, guided_steps=min(config.guided_steps, steps // 2))
-    if guided_steps is not None:
-        config = replace(config, guided_steps=guided_steps)
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     pipe = load_t2i_pipeline(model, device=device)
+    config = BenchConfig.for_pipeline(pipe, n_prompts=prompts, n_seeds=seeds, methods=parse_methods(methods),
+                                      subject_counts=parse_counts(subjects), guidance_scale=guidance_scale)
+    if steps is not None:
+        config = replace(config, num_inference_steps=steps, guided_steps=min(config.guided_steps, steps // 2))
+    if guided_steps is not None:
+        config = replace(config, guided_steps=guided_steps)
     console = Console(stderr=True)
     with console.status("generating…") as status:
         results = run_benchmark(pipe, config, on_batch=lambda m, n, s: status.update(f"{m}: {n} subject(s), seed {s} done"))

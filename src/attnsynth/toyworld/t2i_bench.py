@@ -43,7 +43,18 @@ class BenchConfig:
     guidance_scale: float = TOY_T2I_DEFAULTS["guidance_scale"]
     attention_res: tuple[int, int] = tuple(TOY_T2I_DEFAULTS["attention_res"])
     guided_steps: int = TOY_T2I_DEFAULTS["guided_steps"]
+    step_size: float | None = TOY_T2I_DEFAULTS["step_size"]  # None: each method's own default
     prompt_seed_start: int = PROMPT_SEED_START
+
+    @classmethod
+    def for_pipeline(cls, pipe, **overrides: Any) -> "BenchConfig":
+        """The model's recommended settings (``pipe.attnsynth_defaults``), then ``overrides`` (None = keep)."""
+        defaults = dict(getattr(pipe, "attnsynth_defaults", {}) or {})
+        settings: dict[str, Any] = {key: defaults[key] for key in ("num_inference_steps", "guidance_scale", "guided_steps", "step_size") if key in defaults}
+        if "attention_res" in defaults:
+            settings["attention_res"] = tuple(defaults["attention_res"])
+        settings.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**settings)
 
     def __post_init__(self) -> None:
         if self.n_prompts < 1 or self.n_seeds < 1:
@@ -115,7 +126,7 @@ def run_benchmark(pipe, config: BenchConfig, *, on_batch: Callable[[str, int, in
                 kwargs: dict[str, Any] = {}
                 if method != "none":
                     kwargs = dict(method=method, subjects=[[s.noun for s in spec.subjects] for _, spec, _ in prompts],
-                                  guided_steps=config.guided_steps, attention_res=tuple(config.attention_res))
+                                  guided_steps=config.guided_steps, step_size=config.step_size, attention_res=tuple(config.attention_res))
                 start = time.perf_counter()
                 out = guided([p for p, _, _ in prompts], num_inference_steps=config.num_inference_steps,
                              guidance_scale=config.guidance_scale, generator=generators, output_type="np", **kwargs)
