@@ -2,9 +2,6 @@
 
 import dataclasses
 import json
-import os
-import socket
-import subprocess
 import sys
 import textwrap
 
@@ -193,13 +190,9 @@ _DDP_SCRIPT = textwrap.dedent('''
 
 @pytest.mark.slow
 def test_two_cpu_processes_keep_identical_replicas(tmp_path):
-    script = tmp_path / "ddp.py"
-    script.write_text(_DDP_SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(script), str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=600)
+    from two_processes import run_two_processes
+
+    result = run_two_processes(_DDP_SCRIPT, tmp_path, str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr[-2000:]
     a, b = load_file(str(tmp_path / "run_rank0.safetensors")), load_file(str(tmp_path / "run_rank1.safetensors"))
     assert a.keys() == b.keys() and any(k.startswith("discriminator.") for k in a)

@@ -193,19 +193,9 @@ t2i_train.train_t2i(sys.argv[1], config, device="cpu", echo=lambda _: None)
 
 @pytest.mark.slow
 def test_two_processes_agree_on_time_based_checkpoints(tmp_path):
-    import os
-    import socket
-    import subprocess
-    import sys
+    from two_processes import run_two_processes
 
-    script = tmp_path / "ddp_t2i.py"
-    script.write_text(_DDP_T2I_SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-                             str(script), str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    result = run_two_processes(_DDP_T2I_SCRIPT, tmp_path, str(tmp_path / "run"), timeout=300)
     assert result.returncode == 0, result.stderr[:6000]
     assert json.loads((tmp_path / "run/checkpoints/unet/state.json").read_text())["step"] == 3
 
