@@ -12,7 +12,7 @@ import importlib
 import time
 from pathlib import Path
 
-from attnsynth.utils.io import atomic_write_text
+from attnsynth.utils.io import atomic_save_png, atomic_write_text
 
 SECTIONS = [
     "attnsynth.toyworld.demo_page",
@@ -33,6 +33,13 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ddd; padding
 {body}
 </body></html>
 """
+
+
+def figure(out_dir: Path, name: str, image, caption: str, *, scale: int | None = 3) -> str:
+    """Save ``image`` (uint8 [H, W, 3]) as ``out_dir/name``; return its ``<figure>`` shown ``scale``× wide (None: as is)."""
+    atomic_save_png(out_dir / name, image)
+    width = f' width="{image.shape[1] * scale}"' if scale is not None else ""
+    return f'<figure><img src="{name}"{width}><figcaption>{caption}</figcaption></figure>'
 
 
 def build_demo(out_dir: str | Path, sections: list[str] | None = None) -> Path:

@@ -13,16 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attnsynth.demo import figure
 from attnsynth.sis import edits
 from attnsynth.sis.visuals import attention_probabilities
 from attnsynth.toyworld import faces
 from attnsynth.utils.images import colorize_labels, from_uint8, to_uint8
-from attnsynth.utils.io import atomic_save_png
 
 TITLE = "CA²-SIS: semantic image synthesis edits (toy faces)"
 TOY_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "sis_toy_faces"
 HELD_OUT_SEED = 900_000  # toy-face seeds from here on were never in the training set
-SCALE = 3
 SHOWN_CLASSES = {"background": 0, "skin": 1, "hair": 13, "cloth": 18, "l_eye": 4, "mouth": 10}
 
 
@@ -39,11 +38,6 @@ def _training_summary(checkpoint: Path) -> str:
 
     train = read_json(path, "SIS train config").get("train", {})
     return f" for {train.get('steps')} steps at batch {train.get('batch_size')} on one CPU core" if train else ""
-
-
-def _figure(out_dir: Path, name: str, image: np.ndarray, caption: str) -> str:
-    atomic_save_png(out_dir / name, image)
-    return f'<figure><img src="{name}" width="{image.shape[1] * SCALE}"><figcaption>{caption}</figcaption></figure>'
 
 
 def render(out_dir: Path, *, checkpoint: Path = TOY_CHECKPOINT, pairs: int = 3) -> str:
@@ -67,18 +61,18 @@ def render(out_dir: Path, *, checkpoint: Path = TOY_CHECKPOINT, pairs: int = 3) 
         hair_acc = faces.transfer_accuracy(hair_np, source.labels, source.record, reference.record, "hair")
         skin_acc = faces.transfer_accuracy(skin_np, source.labels, source.record, reference.record, "skin")
         cells = [
-            _figure(out_dir, f"sis_{k}_source.png", source.image, "source (held out)"),
-            _figure(out_dir, f"sis_{k}_labels.png", colorize_labels(source.labels, faces.NUM_CLASSES), "its mask"),
-            _figure(out_dir, f"sis_{k}_recon.png", recon_np, f"reconstruction<br>style err {recon_err:.3f}"),
-            _figure(out_dir, f"sis_{k}_reference.png", reference.image, "reference"),
-            _figure(out_dir, f"sis_{k}_hair.png", hair_np, f"hair style ← reference<br>transfer acc {hair_acc:.2f}"),
-            _figure(out_dir, f"sis_{k}_skin.png", skin_np, f"skin style ← reference<br>transfer acc {skin_acc:.2f}"),
-            _figure(out_dir, f"sis_{k}_swap.png", to_uint8(swapped.images), "hair shape ← reference<br>(shape token swap)"),
+            figure(out_dir, f"sis_{k}_source.png", source.image, "source (held out)"),
+            figure(out_dir, f"sis_{k}_labels.png", colorize_labels(source.labels, faces.NUM_CLASSES), "its mask"),
+            figure(out_dir, f"sis_{k}_recon.png", recon_np, f"reconstruction<br>style err {recon_err:.3f}"),
+            figure(out_dir, f"sis_{k}_reference.png", reference.image, "reference"),
+            figure(out_dir, f"sis_{k}_hair.png", hair_np, f"hair style ← reference<br>transfer acc {hair_acc:.2f}"),
+            figure(out_dir, f"sis_{k}_skin.png", skin_np, f"skin style ← reference<br>transfer acc {skin_acc:.2f}"),
+            figure(out_dir, f"sis_{k}_swap.png", to_uint8(swapped.images), "hair shape ← reference<br>(shape token swap)"),
         ]
         probs = attention_probabilities(recon.attention, (resolution, resolution))[0]  # [C, H, W]
         for name, class_id in SHOWN_CLASSES.items():
             heat = (probs[class_id].clamp(0, 1).numpy() * 255).astype(np.uint8)
-            cells.append(_figure(out_dir, f"sis_{k}_att_{name}.png", np.repeat(heat[..., None], 3, axis=2), f"attention: {name}"))
+            cells.append(figure(out_dir, f"sis_{k}_att_{name}.png", np.repeat(heat[..., None], 3, axis=2), f"attention: {name}"))
         rows.append("<div>" + "".join(cells) + "</div>")
     trained = _training_summary(checkpoint)
     return (

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attnsynth.demo import figure
 from attnsynth.t2i.figures import attention_steps_figure
-from attnsynth.utils.io import atomic_save_png
+from attnsynth.toyworld.demo_page import shapes_verdict
 
 TITLE = "AI-T2I: attention-guided generation (shapes-world model)"
 PROMPTS = (
@@ -63,18 +64,11 @@ def render(out_dir: Path, *, pipe=None, prompts=PROMPTS, seeds: tuple[int, ...] 
                 image = np.round(out.images[0] * 255).astype(np.uint8)
                 verdict = shapes.score(image, spec)
                 name = f"t2i_{p}_{seed}_{'guided' if method else 'plain'}.png"
-                atomic_save_png(out_dir / name, image)
-                found = "all present ✓" if verdict["all_present"] else "missing ✗"
-                cells.append(
-                    f'<figure><img src="{name}" width="{image.shape[1] * SCALE}"><figcaption>{label}<br>{found}, '
-                    f"accuracy {verdict['accuracy']:.2f}</figcaption></figure>"
-                )
+                cells.append(figure(out_dir, name, image, f"{label}<br>{shapes_verdict(verdict)}", scale=SCALE))
                 runs[label] = (image, out.attention_maps[:, 0])
             groups = out.subjects[0]
-            figure = attention_steps_figure(runs, groups)
-            name = f"t2i_{p}_{seed}_attention.png"
-            atomic_save_png(out_dir / name, figure)
-            cells.append(f'<figure><img src="{name}"><figcaption>subject attention over the steps</figcaption></figure>')
+            cells.append(figure(out_dir, f"t2i_{p}_{seed}_attention.png", attention_steps_figure(runs, groups),
+                                "subject attention over the steps", scale=None))
             rows.append(f"<h4>“{html.escape(prompt)}” — seed {seed}</h4><div>{''.join(cells)}</div>")
     return (
         "<p>The small latent diffusion model trained here from scratch on shapes-world captions (shipped in "

@@ -13,19 +13,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from attnsynth.demo import figure
 from attnsynth.toyworld import faces, shapes
 from attnsynth.toyworld.faces_record import Illumination
 from attnsynth.utils.images import colorize_labels
-from attnsynth.utils.io import atomic_save_png
 
 TITLE = "Toy worlds: ground truth and oracles"
 SCALE = 3  # 64² scenes are shown at 192² (nearest)
 
 
-def _figure(out_dir: Path, name: str, image: np.ndarray, caption: str) -> str:
-    atomic_save_png(out_dir / name, image)
-    size = image.shape[1] * SCALE
-    return f'<figure><img src="{name}" width="{size}"><figcaption>{caption}</figcaption></figure>'
+def shapes_verdict(verdict: dict) -> str:
+    """The oracle's verdict on a shapes image as caption text: all present or not, and its accuracy."""
+    found = "all present ✓" if verdict["all_present"] else "missing ✗"
+    return f"{found}, accuracy {verdict['accuracy']:.2f}"
 
 
 def _faces_rows(out_dir: Path, seeds: range, resolution: int) -> str:
@@ -42,10 +42,10 @@ def _faces_rows(out_dir: Path, seeds: range, resolution: int) -> str:
         other_error = faces.style_error(other.image, other.labels, scene.record)
         consistency = faces.global_consistency(scene.image, scene.labels)
         cells = [
-            _figure(out_dir, f"faces_{seed}.png", scene.image, f"seed {seed}<br>style err {own:.3f}<br>consistency {consistency:.2f}"),
-            _figure(out_dir, f"faces_{seed}_labels.png", colorize_labels(scene.labels, faces.NUM_CLASSES), "labels"),
-            _figure(out_dir, f"faces_{seed}_relit.png", relit.image, f"relit<br>style err {relit_error:.3f}"),
-            _figure(out_dir, f"faces_{seed}_other.png", other.image, f"same shape, other styles<br>style err {other_error:.3f}"),
+            figure(out_dir, f"faces_{seed}.png", scene.image, f"seed {seed}<br>style err {own:.3f}<br>consistency {consistency:.2f}"),
+            figure(out_dir, f"faces_{seed}_labels.png", colorize_labels(scene.labels, faces.NUM_CLASSES), "labels"),
+            figure(out_dir, f"faces_{seed}_relit.png", relit.image, f"relit<br>style err {relit_error:.3f}"),
+            figure(out_dir, f"faces_{seed}_other.png", other.image, f"same shape, other styles<br>style err {other_error:.3f}"),
         ]
         rows.append("<div>" + "".join(cells) + "</div>")
     return "\n".join(rows)
@@ -68,13 +68,8 @@ def _shapes_rows(out_dir: Path, seeds: range, resolution: int) -> str:
         verdict = shapes.score(scene.image, scene.spec)
         detections = shapes.detect(scene.image)
         boxed = _draw_detections(scene.image, detections)
-        name = f"shapes_{seed}.png"
-        atomic_save_png(out_dir / name, boxed)
-        ok = "all present ✓" if verdict["all_present"] else "missing ✗"
-        cells.append(
-            f'<figure><img src="{name}" width="{boxed.shape[1]}"><figcaption>“{html.escape(scene.caption)}”'
-            f"<br>oracle: {ok}, accuracy {verdict['accuracy']:.2f}</figcaption></figure>"
-        )
+        caption = f"“{html.escape(scene.caption)}”<br>oracle: {shapes_verdict(verdict)}"
+        cells.append(figure(out_dir, f"shapes_{seed}.png", boxed, caption, scale=1))  # boxed is already enlarged
     return "<div>" + "".join(cells) + "</div>"
 
 
