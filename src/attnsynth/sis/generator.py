@@ -74,7 +74,7 @@ def map_images(fn: Callable, *tensors: torch.Tensor):
     return outs[0] if single else tuple(outs)
 
 
-def _per_image(x: torch.Tensor, pixels: int) -> bool:
+def per_image_inference(x: torch.Tensor, pixels: int) -> bool:
     """True when a block should run image by image: CPU, no autograd, batch > 1 and a large map.
 
     CPU only: the gain is fewer fresh zero-filled pages from the C allocator; CUDA's caching
@@ -116,7 +116,7 @@ class ResBlock(_Checkpointable):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, in, h, w] → [B, out, h, w] (×2 when upsampling)."""
-        if _per_image(x, x.shape[-2] * x.shape[-1] * (4 if self.upsample else 1)):
+        if per_image_inference(x, x.shape[-2] * x.shape[-1] * (4 if self.upsample else 1)):
             return map_images(self._forward, x)
         return self._run(self._forward, x)
 
@@ -340,7 +340,7 @@ class SpatialTransformer(_Checkpointable):
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, c, h, w], context [B, C, D_style] → (x' [B, c, h, w], logits [B, C, h, w])."""
         if not (torch.is_grad_enabled() or self.reference_kernels):
-            if _per_image(x, x.shape[-2] * x.shape[-1]):
+            if per_image_inference(x, x.shape[-2] * x.shape[-1]):
                 return map_images(self._forward_chunked, x, context)
             return self._forward_chunked(x, context)
         batch, channels, height, width = x.shape

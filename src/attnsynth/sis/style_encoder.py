@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attnsynth.sis.generator import map_images, per_image_inference
+
 
 def _group_cat(a: torch.Tensor, b: torch.Tensor, groups: int) -> torch.Tensor:
     """Concatenate two grouped feature maps per group: [B, G·p, h, w] ⊕ [B, G·q, h, w] → [B, G·(p+q), h, w]."""
@@ -84,8 +86,8 @@ class StyleEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
         """image [B, 3, H, W] in [-1, 1], onehot [B, C, H, W] (0/1 floats) → style tokens [B, C, D_style]."""
-        if not torch.is_grad_enabled() and image.shape[0] > 1:  # inference: one image at a time keeps
-            return torch.cat([self._encode(image[i:i + 1], onehot[i:i + 1]) for i in range(image.shape[0])])  # maps small
+        if per_image_inference(image, image.shape[-2] * image.shape[-1]):  # same rule as the generator's large maps
+            return map_images(self._encode, image, onehot)
         return self._encode(image, onehot)
 
     def _encode(self, image: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
