@@ -176,18 +176,30 @@ def test_min_snr_weighting_caps_low_noise_timesteps():
 
 
 _DDP_T2I_SCRIPT = """
-import sys, time, torch
+import os, sys, time, torch
 torch.set_num_threads(1)
-from accelerate import PartialState
 import attnsynth.toyworld.t2i_train as t2i_train
 from attnsynth.toyworld.t2i_model import TINY_CONFIG
-state = PartialState()
-if state.process_index == 1:  # this process's clock says a checkpoint is always due; the main's says never
-    real = time.time
-    t2i_train.time.time = lambda: real() + 10_000.0
+# (no PartialState here: created without cpu=True first, it would pin every process to a non-distributed state)
+if os.environ["RANK"] == "1":  # this process's clock jumps 1000 s per reading: a checkpoint is always due here
+    class FastClock:
+        readings = 0
+        def __call__(self):
+            FastClock.readings += 1
+            return time.monotonic() + 1000.0 * FastClock.readings
+    t2i_train.time = type(sys)("fast_time")  # the trainer's own view of the time module; this process only
+    vars(t2i_train.time).update({k: v for k, v in vars(time).items() if not k.startswith("__")}, time=FastClock())
+decide = t2i_train.Trainer._checkpoint_due
+def logged(self, last_save):  # record what this process decided, step by step
+    due = decide(self, last_save)
+    with open(f"{sys.argv[1]}_decisions_rank{os.environ['RANK']}.txt", "a") as f:
+        f.write(f"{int(due)}\\n")
+    return due
+t2i_train.Trainer._checkpoint_due = logged
 config = t2i_train.TrainConfig(steps=3, vae_steps=2, batch_size=1, vae_batch_size=1, warmup_steps=0, vae_warmup_steps=0,
-                               sample_every=0, log_every=1, threads=1, checkpoint_every_s=1_000.0, model=TINY_CONFIG)
-t2i_train.train_t2i(sys.argv[1], config, device="cpu", echo=lambda _: None)
+                               sample_every=0, log_every=1, threads=1, checkpoint_every_s=500.0, model=TINY_CONFIG)
+trainer = t2i_train.train_t2i(sys.argv[1], config, device="cpu", echo=lambda _: None)
+assert trainer.accelerator.num_processes == 2  # really one gloo group, not two lone processes
 """
 
 
@@ -198,6 +210,8 @@ def test_two_processes_agree_on_time_based_checkpoints(tmp_path):
     result = run_two_processes(_DDP_T2I_SCRIPT, tmp_path, str(tmp_path / "run"), timeout=300)
     assert result.returncode == 0, result.stderr[:6000]
     assert json.loads((tmp_path / "run/checkpoints/unet/state.json").read_text())["step"] == 3
+    decisions = [(tmp_path / f"run_decisions_rank{rank}.txt").read_text().split() for rank in (0, 1)]
+    assert decisions[0] and decisions[0] == decisions[1]  # both processes followed the main's clock
 
 
 def test_benchmark_takes_the_models_recommended_settings_unless_overridden():

@@ -1,6 +1,7 @@
 """Run a Python script as 2 CPU processes (torch.distributed.run, gloo), for the slow multi-process tests."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,4 +16,14 @@ def run_two_processes(script_text: str, tmp_path, *args: str, timeout: int = 600
         port = s.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(script), *args]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:  # a deadlock: SIGTERM lets the launcher stop its workers (own sessions)
+            process.terminate()
+            try:
+                process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -39,6 +39,7 @@ from attnsynth.data.sampler import StepBatchSampler, mix_seed
 from attnsynth.sis.checkpoint import LABELSET_FILE, MAPPING_WEIGHTS, load_training_state, save_training_state
 from attnsynth.sis.run_log import RunLog, read_log
 from attnsynth.sis.train_config import MappingTrainConfig, TrainConfig
+from attnsynth.utils.distributed import make_accelerator
 from attnsynth.utils.io import atomic_save_png, atomic_write_json
 
 CHECKPOINT_DIR = "checkpoint"
@@ -94,18 +95,6 @@ def _one_line(error: BaseException) -> str:
     for prefix in ("ValueError: ", "FileNotFoundError: "):
         last = last.removeprefix(prefix)
     return last
-
-
-def _make_accelerator(mixed_precision: str):
-    """The Accelerator; a multi-process launch (torchrun / ``accelerate launch``) without CUDA runs on CPU with gloo."""
-    from accelerate import Accelerator
-
-    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=cpu_processes)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != accelerator.num_processes:
-        raise ValueError(f"launched with WORLD_SIZE={launched} but Accelerate runs {accelerator.num_processes} process(es); check the launcher")
-    return accelerator
 
 
 def _batches(loader: torch.utils.data.DataLoader) -> Iterator[dict]:
@@ -288,7 +277,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False, 
     model_config = get_config(config.config, num_classes=dataset.num_classes, resolution=config.resolution)
 
     # 2. processes, models, optimisers
-    accelerator = _make_accelerator(config.mixed_precision)
+    accelerator = make_accelerator(mixed_precision=config.mixed_precision)
     accelerator.wait_for_everyone()  # every process has checked --out before the main one writes to it
     say = accelerator.print
     torch.manual_seed(config.seed)
@@ -413,7 +402,7 @@ def train_mapping(config: MappingTrainConfig, *, resume: bool = False, progress:
     dataset = load_dataset(config.data or saved.data, split="train", resolution=saved.resolution, augment=saved.augment,
                            layout=config.layout or saved.layout, toy_n=config.toy_n or saved.toy_n, seed=config.seed)
 
-    accelerator = _make_accelerator(config.mixed_precision)
+    accelerator = make_accelerator(mixed_precision=config.mixed_precision)
     generator = SISModel.from_pretrained(run, device=accelerator.device).requires_grad_(False).eval()
     if generator.config.num_classes != dataset.num_classes:
         raise ValueError(f"--data has {dataset.num_classes} classes but the model in {run} has {generator.config.num_classes}")

@@ -46,7 +46,8 @@ from attnsynth.toyworld.t2i_model import (
     count_parameters,
     save_pipeline,
 )
-from attnsynth.utils.io import atomic_directory, atomic_save_png, atomic_write_json
+from attnsynth.utils.distributed import make_accelerator
+from attnsynth.utils.io import atomic_directory, atomic_save_png, atomic_write_json, read_json
 
 STAGES = ("vae", "unet", "all")
 
@@ -243,8 +244,6 @@ class Trainer:
 
     def __init__(self, run_dir: str | Path, config: TrainConfig, *, resume: bool = False, init_from: str | Path | None = None,
                  device: str | None = None, echo: Callable[[str], None] = print):
-        from accelerate import Accelerator
-
         self.run_dir = Path(run_dir)
         self.echo = echo
         torch.set_num_threads(config.threads)
@@ -252,7 +251,7 @@ class Trainer:
         if resume:
             if not config_path.is_file():
                 raise FileNotFoundError(f"--resume: {config_path} not found; start the run without --resume")
-            saved = TrainConfig.from_dict(json.loads(config_path.read_text()))
+            saved = TrainConfig.from_dict(read_json(config_path, "run config"))
             if saved.model != config.model:
                 raise ValueError(f"--resume: model config in {config_path} differs from the requested one")
         elif self.run_dir.exists() and any(self.run_dir.iterdir()):
@@ -261,7 +260,7 @@ class Trainer:
         self.init_from = Path(init_from) if init_from is not None else None
         if self.init_from is not None and not (self.init_from / "model_index.json").is_file():
             raise FileNotFoundError(f"--init-from {self.init_from} is not a diffusers pipeline directory (no model_index.json)")
-        self.accelerator = Accelerator(cpu=device == "cpu")
+        self.accelerator = make_accelerator(cpu=device == "cpu")
         self.accelerator.wait_for_everyone()  # every process has checked the run directory before main writes to it
         self.is_main = self.accelerator.is_main_process
         if not self.is_main:  # one progress line per step, not one per process
@@ -311,6 +310,14 @@ class Trainer:
 
             due = broadcast(due, from_process=0)
         return bool(due.item())
+
+    def _write_on_main(self, write: Callable[[], None]) -> None:
+        """``write()`` on the main process between two barriers: every process has finished the step before,
+        and none reads the checkpoint (e.g. the next stage loading the finished VAE) before it exists."""
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            write()
+        self.accelerator.wait_for_everyone()
 
     def _checkpoint_dir(self, stage: str) -> Path:
         return self.run_dir / "checkpoints" / stage
@@ -399,13 +406,14 @@ class Trainer:
         self.log({"stage": "vae", "latent_std": std, "scaling_factor": 1.0 / std, "heldout_mae_255": mae})
 
     def _save_vae(self, vae, optimizer, step: int, *, finished: bool) -> None:
-        self.accelerator.wait_for_everyone()
-        if self.is_main:
+        def write() -> None:
             with atomic_directory(self._checkpoint_dir("vae"), overwrite=True) as tmp:
                 vae.save_pretrained(tmp / "vae", safe_serialization=True)
                 save_optimizer(optimizer, tmp / "optimizer.safetensors")
                 atomic_write_json(tmp / "state.json", {"step": step, "finished": finished, "time": time.time()})
             self.echo(f"vae: checkpoint at step {step}{' (finished)' if finished else ''}")
+
+        self._write_on_main(write)
 
     # -- UNet stage -----------------------------------------------------------------------
 
@@ -504,18 +512,19 @@ class Trainer:
                 last_save = time.time()
 
     def _save_unet(self, modules: list[torch.nn.Module], emas: list, optimizer, step: int) -> None:
-        self.accelerator.wait_for_everyone()
-        if not self.is_main:
-            return
         unet, text_encoder = modules
-        with atomic_directory(self._checkpoint_dir("unet"), overwrite=True) as tmp:
-            unet.save_pretrained(tmp / "unet", safe_serialization=True)
-            text_encoder.save_pretrained(tmp / "text_encoder")
-            _with_ema(emas, modules, lambda: (unet.save_pretrained(tmp / "unet_ema", safe_serialization=True),
-                                              text_encoder.save_pretrained(tmp / "text_encoder_ema")))
-            save_optimizer(optimizer, tmp / "optimizer.safetensors")
-            atomic_write_json(tmp / "state.json", {"step": step, "ema_step": emas[0].optimization_step, "time": time.time()})
-        self.echo(f"unet: checkpoint at step {step}")
+
+        def write() -> None:
+            with atomic_directory(self._checkpoint_dir("unet"), overwrite=True) as tmp:
+                unet.save_pretrained(tmp / "unet", safe_serialization=True)
+                text_encoder.save_pretrained(tmp / "text_encoder")
+                _with_ema(emas, modules, lambda: (unet.save_pretrained(tmp / "unet_ema", safe_serialization=True),
+                                                  text_encoder.save_pretrained(tmp / "text_encoder_ema")))
+                save_optimizer(optimizer, tmp / "optimizer.safetensors")
+                atomic_write_json(tmp / "state.json", {"step": step, "ema_step": emas[0].optimization_step, "time": time.time()})
+            self.echo(f"unet: checkpoint at step {step}")
+
+        self._write_on_main(write)
 
     # -- samples, export --------------------------------------------------------------------
 
@@ -594,6 +603,6 @@ def export_t2i(run_dir: str | Path, out_dir: str | Path, *, init_from: str | Pat
     config_path = Path(run_dir) / "train_config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: {run_dir} is not a train-t2i run directory")
-    config = TrainConfig.from_dict(json.loads(config_path.read_text()))
+    config = TrainConfig.from_dict(read_json(config_path, "run config"))
     trainer = Trainer(run_dir, config, resume=True, init_from=init_from, device="cpu", echo=echo)
     return trainer.export(out_dir)
