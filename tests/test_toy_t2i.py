@@ -226,6 +226,23 @@ def test_benchmark_takes_the_models_recommended_settings_unless_overridden():
     assert config.n_prompts == 3
     assert BenchConfig.for_pipeline(pipe, guidance_scale=6.0).guidance_scale == 6.0
     assert BenchConfig.for_pipeline(SimpleNamespace()).guidance_scale == TOY_T2I_DEFAULTS["guidance_scale"]
+    assert BenchConfig.for_pipeline(pipe, step_size=3.0).step_size == 3.0
+
+
+def test_validation_and_test_prompts_are_disjoint_and_outside_training():
+    from attnsynth.toyworld.t2i_bench import BenchConfig, benchmark_prompts
+
+    validation, test = BenchConfig(split="validation"), BenchConfig()
+    assert test.split == "test" and validation.prompt_seed_start != test.prompt_seed_start
+    for n in (1, 2, 3, 4):
+        val_seeds = {seed for _, _, seed in benchmark_prompts(n, 16, seed_start=validation.prompt_seed_start)}
+        test_seeds = {seed for _, _, seed in benchmark_prompts(n, 16, seed_start=test.prompt_seed_start)}
+        assert not val_seeds & test_seeds
+        assert min(val_seeds | test_seeds) >= TrainConfig().train_seed_start + TrainConfig().train_seed_count
+    with pytest.raises(ValueError, match="--split"):
+        BenchConfig(split="train")
+    with pytest.raises(ValueError, match="--step-size"):
+        BenchConfig(step_size=0.0)
 
 
 def test_shipped_model_draws_what_single_subject_prompts_ask_for(shipped):

@@ -16,6 +16,8 @@ def toy_t2i_command(
     steps: int = typer.Option(None, "--steps", help="Sampling steps (default: the model's recommended)."),
     guidance_scale: float = typer.Option(None, "--guidance-scale", help="Classifier-free guidance (default: the model's recommended)."),
     guided_steps: int = typer.Option(None, "--guided-steps", help="Guided steps (default: the model's recommended)."),
+    step_size: float = typer.Option(None, "--step-size", help="Guided latent step size (default: the model's recommended)."),
+    split: str = typer.Option("test", "--split", help="Held-out prompts: 'validation' to choose settings on, 'test' to report."),
     model: str = typer.Option(None, "--model", help="Pipeline directory (default: the shipped shapes-world model)."),
     device: str = typer.Option(None, "--device", help="torch device (default cpu)."),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
@@ -42,7 +44,8 @@ def toy_t2i_command(
     transformers_logging.disable_progress_bar()
     pipe = load_t2i_pipeline(model, device=device)
     config = BenchConfig.for_pipeline(pipe, n_prompts=prompts, n_seeds=seeds, methods=parse_methods(methods),
-                                      subject_counts=parse_counts(subjects), guidance_scale=guidance_scale)
+                                      subject_counts=parse_counts(subjects), guidance_scale=guidance_scale,
+                                      step_size=step_size, split=split)
     if steps is not None:
         config = replace(config, num_inference_steps=steps, guided_steps=min(config.guided_steps, steps // 2))
     if guided_steps is not None:

@@ -23,12 +23,14 @@ import torch
 
 from attnsynth.toyworld.t2i_model import TOY_T2I_DEFAULTS
 
-__all__ = ["BenchConfig", "METHODS", "benchmark_prompts", "parse_counts", "parse_methods", "results_markdown", "results_table",
+__all__ = ["BenchConfig", "METHODS", "SPLITS", "benchmark_prompts", "parse_counts", "parse_methods", "results_markdown", "results_table",
            "run_benchmark"]
 
 METHODS = ("none", "attend-excite", "divide-bind", "ait2i")
-#: First prompt seed of the benchmark (training scenes use seeds below 1 000 000).
-PROMPT_SEED_START = 20_000_000
+#: First prompt seed of each prompt split (training scenes use seeds below 1 000 000). Choose
+#: settings on ``validation``; report on ``test``, which nothing was tuned on.
+SPLITS = {"validation": 10_000_000, "test": 20_000_000}
+PROMPT_SEED_START = SPLITS["test"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,11 @@ class BenchConfig:
     attention_res: tuple[int, int] = tuple(TOY_T2I_DEFAULTS["attention_res"])
     guided_steps: int = TOY_T2I_DEFAULTS["guided_steps"]
     step_size: float | None = TOY_T2I_DEFAULTS["step_size"]  # None: each method's own default
-    prompt_seed_start: int = PROMPT_SEED_START
+    split: str = "test"  # which held-out prompts: "validation" (for choosing settings) or "test" (for reporting)
+
+    @property
+    def prompt_seed_start(self) -> int:
+        return SPLITS[self.split]
 
     @classmethod
     def for_pipeline(cls, pipe, **overrides: Any) -> "BenchConfig":
@@ -64,6 +70,10 @@ class BenchConfig:
             raise ValueError(f"--methods must be a comma list from {', '.join(METHODS)}, got {','.join(self.methods) or 'nothing'}")
         if any(n not in (1, 2, 3, 4) for n in self.subject_counts) or not self.subject_counts:
             raise ValueError(f"subject counts must be in 1..4, got {self.subject_counts}")
+        if self.split not in SPLITS:
+            raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.step_size is not None and not self.step_size > 0:
+            raise ValueError(f"--step-size must be > 0, got {self.step_size}")
         if self.guided_steps > self.num_inference_steps:
             raise ValueError(f"guided_steps ({self.guided_steps}) must be <= num_inference_steps ({self.num_inference_steps})")
 
@@ -112,7 +122,8 @@ def run_benchmark(pipe, config: BenchConfig, *, on_batch: Callable[[str, int, in
     guided = AttentionGuidedStableDiffusionPipeline.from_pipe(pipe)
     guided.set_progress_bar_config(disable=True)
     device = pipe.device
-    results: dict[str, Any] = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()}, "methods": {}}
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()}
+    results: dict[str, Any] = {"config": {**settings, "prompt_seed_start": config.prompt_seed_start}, "methods": {}}
     prompt_sets = {n: benchmark_prompts(n, config.n_prompts, seed_start=config.prompt_seed_start) for n in config.subject_counts}
     for method in config.methods:
         per_n: dict[str, Any] = {}
@@ -148,7 +159,8 @@ def results_table(results: dict[str, Any]):
     """A rich Table: one row per (#subjects, method), oracle rates and seconds per image side by side."""
     from rich.table import Table
 
-    table = Table(title="shapes-world T2I: oracle rates by method (held-out prompts × seeds)")
+    split = results["config"].get("split", "test")
+    table = Table(title=f"shapes-world T2I: oracle rates by method (held-out {split} prompts × seeds)")
     for column in ("subjects", "method", "images", "all present", "shapes present", "present rate", "colour binding", "s / image"):
         table.add_column(column, justify="left" if column in ("subjects", "method") else "right")
     methods = results["methods"]
