@@ -161,6 +161,23 @@ def _scheduler(name: str):
     raise ValueError(f"scheduler {name!r} is not one of 'pndm', 'ddim', 'euler'")
 
 
+def _tiny_unet_config(sample_size: int, block_out_channels: tuple[int, ...], cross_attention_dim: int, **extra: Any) -> dict[str, Any]:
+    """UNet2DConditionModel kwargs of the tiny SD-shaped UNets: plain top level, cross-attention below, one layer per block."""
+    levels = len(block_out_channels)
+    return dict(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
+        block_out_channels=block_out_channels,
+        layers_per_block=1,
+        cross_attention_dim=cross_attention_dim,
+        norm_num_groups=4,
+        **extra,
+    )
+
+
 def tiny_sd_components(
     *,
     seed: int = 0,
@@ -182,20 +199,9 @@ def tiny_sd_components(
     """
     from diffusers import UNet2DConditionModel
 
-    levels = len(block_out_channels)
     if unet_config is None:
-        unet_config = dict(
-            sample_size=sample_size,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
-            up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
-            block_out_channels=block_out_channels,
-            layers_per_block=1,
-            attention_head_dim=attention_heads,  # diffusers' legacy name: the number of heads
-            cross_attention_dim=cross_attention_dim,
-            norm_num_groups=4,
-        )
+        unet_config = _tiny_unet_config(sample_size, block_out_channels, cross_attention_dim,
+                                        attention_head_dim=attention_heads)  # diffusers' legacy name: the number of heads
     cross_attention_dim = unet_config["cross_attention_dim"]
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**unet_config).eval()
@@ -235,23 +241,17 @@ def tiny_sdxl_components(
     levels = len(block_out_channels)
     time_embed_dim = 8
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
-        block_out_channels=block_out_channels,
-        layers_per_block=1,
+    unet = UNet2DConditionModel(**_tiny_unet_config(
+        sample_size,
+        block_out_channels,
+        2 * text_dim,  # the two encoders' hidden states, concatenated
         attention_head_dim=(2,) * levels,
         transformer_layers_per_block=(1,) * (levels - 1) + (2,),
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=time_embed_dim,
         projection_class_embeddings_input_dim=6 * time_embed_dim + text_dim,
-        cross_attention_dim=2 * text_dim,
-        norm_num_groups=4,
-    ).eval()
+    )).eval()
     tokenizer = tiny_tokenizer()
     return {
         "unet": unet,
