@@ -162,6 +162,20 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path):
             assert torch.equal(fresh.state[p][name], optimizer.state[p][name])
 
 
+def test_wsd_schedule_holds_the_rate_then_decays_linearly_to_the_floor():
+    from attnsynth.toyworld.t2i_train import learning_rate
+
+    config = TrainConfig(steps=1000, warmup_steps=100, lr_schedule="wsd", decay_steps=200, lr=1e-3)
+    rate = [learning_rate(config, 1.0, step, config.steps, config.warmup_steps) for step in range(1001)]
+    assert rate[0] == 0.01 and rate[99] == 1.0  # warm-up
+    assert all(r == 1.0 for r in rate[100:801])  # stable until the last 200 steps
+    assert rate[900] == pytest.approx(1 - 0.9 * 0.5) and rate[1000] == pytest.approx(config.min_lr_ratio)
+    assert all(a > b for a, b in zip(rate[800:1000], rate[801:1001]))  # strictly down during the decay
+    for bad in (0, 901):
+        with pytest.raises(ValueError, match="decay_steps"):
+            TrainConfig(steps=1000, warmup_steps=100, lr_schedule="wsd", decay_steps=bad)
+
+
 def test_min_snr_weighting_caps_low_noise_timesteps():
     from attnsynth.toyworld.t2i_model import build_noise_scheduler
     from attnsynth.toyworld.t2i_train import diffusion_loss

@@ -60,7 +60,8 @@ def train_t2i_command(
     lr: float = typer.Option(1e-3, "--lr", help="Peak UNet/text-encoder learning rate."),
     vae_lr: float = typer.Option(1e-3, "--vae-lr", help="Peak autoencoder learning rate."),
     warmup_steps: int = typer.Option(200, "--warmup-steps", help="Linear warm-up steps."),
-    lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="After warm-up: cosine or constant."),
+    lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="After warm-up: cosine, constant, or wsd (constant, then linear decay)."),
+    decay_steps: int = typer.Option(0, "--decay-steps", help="wsd: the last steps, linear decay to 0.1 × lr (set --steps to end the run)."),
     snr_gamma: float = typer.Option(5.0, "--snr-gamma", help="Min-SNR-γ loss weighting (0: plain MSE)."),
     stage: str = typer.Option("all", "--stage", help="vae, unet, or all (vae then unet)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoints, exactly."),
@@ -82,7 +83,7 @@ def train_t2i_command(
 
     config = TrainConfig(
         stage=stage, steps=steps, vae_steps=vae_steps, batch_size=batch_size, vae_batch_size=vae_batch_size, lr=lr, vae_lr=vae_lr,
-        warmup_steps=warmup_steps, lr_schedule=lr_schedule, checkpoint_every_s=checkpoint_every, sample_every=sample_every,
+        warmup_steps=warmup_steps, lr_schedule=lr_schedule, decay_steps=decay_steps, checkpoint_every_s=checkpoint_every, sample_every=sample_every,
         snr_gamma=snr_gamma or None, seed=seed, threads=threads, model=replace(ToyT2IConfig(), resolution=resolution),
     )
     if dry_run:

@@ -49,6 +49,7 @@ from attnsynth.toyworld.t2i_model import (
 from attnsynth.utils.distributed import make_accelerator
 from attnsynth.utils.io import atomic_directory, atomic_save_png, atomic_write_json, read_json
 
+LR_SCHEDULES = ("cosine", "constant", "wsd")
 STAGES = ("vae", "unet", "all")
 
 
@@ -65,7 +66,8 @@ class TrainConfig:
     vae_lr: float = 1e-3
     warmup_steps: int = 200  # UNet stage
     vae_warmup_steps: int = 30
-    lr_schedule: str = "cosine"  # cosine (down to min_lr_ratio · lr) | constant, after warm-up
+    lr_schedule: str = "cosine"  # after warm-up: cosine (down to min_lr_ratio · lr) | constant | wsd
+    decay_steps: int = 0  # wsd ("warm-up, stable, decay"): constant, then linear to min_lr_ratio · lr over the last decay_steps
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -86,7 +88,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
-        for name in ("steps", "vae_steps", "warmup_steps", "vae_warmup_steps", "sample_every", "train_seed_start", "eval_seed_start"):
+        for name in ("steps", "vae_steps", "warmup_steps", "vae_warmup_steps", "decay_steps", "sample_every", "train_seed_start",
+                     "eval_seed_start"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "vae_batch_size", "log_every", "threads", "train_seed_count"):
@@ -94,8 +97,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.vae_lr <= 0:
             raise ValueError(f"lr and vae_lr must be > 0, got {self.lr} and {self.vae_lr}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.lr_schedule == "wsd" and not 0 < self.decay_steps <= self.steps - self.warmup_steps:
+            raise ValueError(f"lr_schedule 'wsd' needs 0 < decay_steps <= steps - warmup_steps "
+                             f"({self.steps - self.warmup_steps}), got {self.decay_steps}")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
@@ -172,11 +178,16 @@ def batch_seeds(config: TrainConfig, step: int, batch_size: int, rank: int, worl
 
 
 def learning_rate(config: TrainConfig, base: float, step: int, total: int, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then constant or cosine decay to ``min_lr_ratio · base``."""
+    """Linear warm-up over ``warmup`` steps, then constant, cosine decay to ``min_lr_ratio · base``, or
+    "wsd": constant until the last ``decay_steps``, then linear to ``min_lr_ratio · base`` — its end can
+    be chosen when resuming, so a run can train at full rate for as long as time allows and then cool down."""
     if warmup and step < warmup:
         return base * (step + 1) / warmup
     if config.lr_schedule == "constant" or total <= warmup:
         return base
+    if config.lr_schedule == "wsd":
+        progress = min(1.0, max(0, step - (total - config.decay_steps)) / config.decay_steps)
+        return base * (1.0 - (1.0 - config.min_lr_ratio) * progress)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return base * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
