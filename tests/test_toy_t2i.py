@@ -96,6 +96,9 @@ def test_benchmark_runs_every_method_on_the_same_prompts(shipped):
     assert results_markdown(results).count("\n") == 2 + 2 * 2 - 1
     with pytest.raises(ValueError, match="methods"):
         BenchConfig(methods=("magic",))
+    with pytest.raises(ValueError, match="loss_weights"):  # the overrides reach the guided pipeline
+        run_benchmark(shipped, BenchConfig(n_prompts=1, n_seeds=1, subject_counts=(2,), methods=("ait2i",), num_inference_steps=3,
+                                           guided_steps=1, loss_weights=(("isolation", float("nan")),)))
 
 
 def _tiny(**overrides):
@@ -244,7 +247,7 @@ def test_benchmark_takes_the_models_recommended_settings_unless_overridden():
 
 
 def test_validation_and_test_prompts_are_disjoint_and_outside_training():
-    from attnsynth.toyworld.t2i_bench import BenchConfig, benchmark_prompts
+    from attnsynth.toyworld.t2i_bench import BenchConfig, benchmark_prompts, parse_loss_weights
 
     validation, test = BenchConfig(split="validation"), BenchConfig()
     assert test.split == "test" and validation.prompt_seed_start != test.prompt_seed_start
@@ -255,6 +258,11 @@ def test_validation_and_test_prompts_are_disjoint_and_outside_training():
         assert min(val_seeds | test_seeds) >= TrainConfig().train_seed_start + TrainConfig().train_seed_count
     with pytest.raises(ValueError, match="--split"):
         BenchConfig(split="train")
+    assert parse_loss_weights("isolation=0, excitation=1.5") == (("isolation", 0.0), ("excitation", 1.5))
+    with pytest.raises(ValueError, match="--loss-weights"):
+        parse_loss_weights("isolation")
+    with pytest.raises(ValueError, match="isolation unknown for method attend-excite"):
+        BenchConfig(methods=("none", "ait2i", "attend-excite"), loss_weights=(("isolation", 0.0),))
     with pytest.raises(ValueError, match="--step-size"):
         BenchConfig(step_size=0.0)
 

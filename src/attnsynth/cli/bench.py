@@ -17,6 +17,7 @@ def toy_t2i_command(
     guidance_scale: float = typer.Option(None, "--guidance-scale", help="Classifier-free guidance (default: the model's recommended)."),
     guided_steps: int = typer.Option(None, "--guided-steps", help="Guided steps (default: the model's recommended)."),
     step_size: float = typer.Option(None, "--step-size", help="Guided latent step size (default: the model's recommended)."),
+    loss_weights: str = typer.Option("", "--loss-weights", help="Loss-weight overrides for the guided methods, e.g. 'isolation=0,excitation=1'."),
     split: str = typer.Option("test", "--split", help="Held-out prompts: 'validation' to choose settings on, 'test' to report."),
     model: str = typer.Option(None, "--model", help="Pipeline directory (default: the shipped shapes-world model)."),
     device: str = typer.Option(None, "--device", help="torch device (default cpu)."),
@@ -30,7 +31,7 @@ def toy_t2i_command(
     import torch
     from rich.console import Console
 
-    from attnsynth.toyworld.t2i_bench import BenchConfig, parse_counts, parse_methods, results_table, run_benchmark
+    from attnsynth.toyworld.t2i_bench import BenchConfig, parse_counts, parse_loss_weights, parse_methods, results_table, run_benchmark
     from attnsynth.toyworld.t2i_model import load_t2i_pipeline
 
     if threads is not None:
@@ -45,7 +46,8 @@ def toy_t2i_command(
     pipe = load_t2i_pipeline(model, device=device)
     config = BenchConfig.for_pipeline(pipe, n_prompts=prompts, n_seeds=seeds, methods=parse_methods(methods),
                                       subject_counts=parse_counts(subjects), guidance_scale=guidance_scale,
-                                      step_size=step_size, split=split)
+                                      step_size=step_size, split=split,
+                                      loss_weights=parse_loss_weights(loss_weights))
     if steps is not None:
         config = replace(config, num_inference_steps=steps, guided_steps=min(config.guided_steps, steps // 2))
     if guided_steps is not None:

@@ -23,7 +23,7 @@ import torch
 
 from attnsynth.toyworld.t2i_model import TOY_T2I_DEFAULTS
 
-__all__ = ["BenchConfig", "METHODS", "SPLITS", "benchmark_prompts", "parse_counts", "parse_methods", "results_markdown", "results_table",
+__all__ = ["BenchConfig", "METHODS", "SPLITS", "benchmark_prompts", "parse_counts", "parse_loss_weights", "parse_methods", "results_markdown", "results_table",
            "run_benchmark"]
 
 METHODS = ("none", "attend-excite", "divide-bind", "ait2i")
@@ -47,6 +47,7 @@ class BenchConfig:
     guided_steps: int = TOY_T2I_DEFAULTS["guided_steps"]
     step_size: float | None = TOY_T2I_DEFAULTS["step_size"]  # None: each method's own default
     split: str = "test"  # which held-out prompts: "validation" (for choosing settings) or "test" (for reporting)
+    loss_weights: tuple[tuple[str, float], ...] = ()  # overrides of the guided methods' loss weights (term, weight)
 
     @property
     def prompt_seed_start(self) -> int:
@@ -70,6 +71,14 @@ class BenchConfig:
             raise ValueError(f"--methods must be a comma list from {', '.join(METHODS)}, got {','.join(self.methods) or 'nothing'}")
         if any(n not in (1, 2, 3, 4) for n in self.subject_counts) or not self.subject_counts:
             raise ValueError(f"subject counts must be in 1..4, got {self.subject_counts}")
+        if self.loss_weights:
+            from attnsynth.t2i.losses import DEFAULT_WEIGHTS
+
+            for method in self.methods:
+                unknown = sorted({term for term, _ in self.loss_weights} - set(DEFAULT_WEIGHTS.get(method, {}))) if method != "none" else []
+                if unknown:
+                    raise ValueError(f"--loss-weights term(s) {', '.join(unknown)} unknown for method {method}; "
+                                     f"expected some of {', '.join(sorted(DEFAULT_WEIGHTS[method]))}")
         if self.split not in SPLITS:
             raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.step_size is not None and not self.step_size > 0:
@@ -137,7 +146,8 @@ def run_benchmark(pipe, config: BenchConfig, *, on_batch: Callable[[str, int, in
                 kwargs: dict[str, Any] = {}
                 if method != "none":
                     kwargs = dict(method=method, subjects=[[s.noun for s in spec.subjects] for _, spec, _ in prompts],
-                                  guided_steps=config.guided_steps, step_size=config.step_size, attention_res=tuple(config.attention_res))
+                                  guided_steps=config.guided_steps, step_size=config.step_size, attention_res=tuple(config.attention_res),
+                                  loss_weights=dict(config.loss_weights) or None)
                 start = time.perf_counter()
                 out = guided([p for p, _, _ in prompts], num_inference_steps=config.num_inference_steps,
                              guidance_scale=config.guidance_scale, generator=generators, output_type="np", **kwargs)
@@ -189,6 +199,18 @@ def results_markdown(results: dict[str, Any]) -> str:
 def parse_methods(text: str) -> tuple[str, ...]:
     """``"none,ait2i"`` → ``("none", "ait2i")`` (validated by :class:`BenchConfig`)."""
     return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+def parse_loss_weights(text: str) -> tuple[tuple[str, float], ...]:
+    """``"isolation=0,excitation=1"`` → ``(("isolation", 0.0), ("excitation", 1.0))``; a one-line ValueError otherwise."""
+    weights = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        term, _, value = item.partition("=")
+        try:
+            weights.append((term.strip(), float(value)))
+        except ValueError:
+            raise ValueError(f"--loss-weights must be a comma list of term=number, got {item!r}") from None
+    return tuple(weights)
 
 
 def parse_counts(text: str) -> tuple[int, ...]:
