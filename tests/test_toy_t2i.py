@@ -276,3 +276,44 @@ def test_shipped_model_draws_what_single_subject_prompts_ask_for(shipped):
     images = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
     found = [shapes.score(image, spec)["all_present"] for image, (_, spec) in zip(images, prompts)]
     assert sum(found) >= 5, found  # a model that ignored its prompt would hit ~1/48 shape×colour pairs
+
+
+def test_subject_token_positions_point_at_the_subject_words(shipped):
+    from attnsynth.toyworld.t2i_grounding import subject_token_positions
+
+    tokenizer = shipped.tokenizer
+    for seed in range(40):
+        scene = shapes.render(seed, 32)
+        ids = tokenizer(scene.caption, padding="max_length", max_length=32, truncation=True).input_ids
+        for subject, (index, positions) in zip(scene.spec.subjects, subject_token_positions(tokenizer, scene.caption, scene.spec, 32)):
+            words = [tokenizer.convert_ids_to_tokens(ids[p]).removesuffix("</w>") for p in positions]
+            assert index == subject.object_index
+            assert words == [w for w in (subject.noun, subject.attribute) if w is not None], scene.caption
+
+
+def test_grounding_loss_is_the_attention_share_outside_each_object():
+    from attnsynth.toyworld.t2i_grounding import GroundingTargets, grounding_loss
+
+    mask = torch.zeros(4, 4)
+    mask[:2, :2] = 1.0  # the object covers the top-left quarter
+    targets = GroundingTargets(torch.tensor([0, 1]), torch.tensor([2, 3]), torch.stack([mask, mask]))
+    maps = torch.full((2, 4, 4, 5), 0.2)  # uniform over space: 3/4 of the mass outside
+    assert grounding_loss(maps, targets).item() == pytest.approx(0.75)
+    focused = maps.clone()
+    focused[0, :, :, 2], focused[1, :, :, 3] = mask, 1.0 - mask  # image 0 inside, image 1 all outside
+    assert grounding_loss(focused, targets).item() == pytest.approx(0.5)
+    logits = torch.zeros(2, 4, 4, 5, requires_grad=True)
+    grounding_loss(logits.softmax(-1), targets).backward()
+    assert logits.grad[0, 0, 0, 2] < 0 < logits.grad[0, 3, 3, 2]  # more on the object, less off it
+    empty = GroundingTargets(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0, 4, 4))
+    assert grounding_loss(maps, empty).item() == 0.0
+
+
+def test_trainer_with_grounding_trains_and_logs_it(tmp_path):
+    run = tmp_path / "grounded"
+    train_t2i(run, _tiny(grounding_weight=1.0, grounding_res=8, steps=3), device="cpu", echo=lambda _: None)
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    grounding = [r["grounding"] for r in records if r.get("stage") == "unet"]
+    assert len(grounding) == 3 and all(0.0 < g < 1.0 for g in grounding)
+    with pytest.raises(ValueError, match="attention_res"):  # no cross-attention layer on a 5x5 grid
+        train_t2i(tmp_path / "bad", _tiny(grounding_weight=1.0, grounding_res=5, vae_steps=1), device="cpu", echo=lambda _: None)

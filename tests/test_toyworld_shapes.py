@@ -428,3 +428,19 @@ def test_cli_exports(tmp_path):
     result = CliRunner().invoke(app, ["toyworld", "shapes", "--n", "3", "--resolution", "32", "--out", str(tmp_path / "cli")])
     assert result.exit_code == 0, result.output
     assert len((tmp_path / "cli" / "metadata.jsonl").read_text().splitlines()) == 3
+
+
+def test_object_masks_cover_what_is_drawn(scenes64):
+    ious = []
+    for scene in scenes64[:20]:
+        masks = shapes.object_masks(scene.spec.objects, 64)  # [K, 64, 64]
+        assert masks.shape == (len(scene.spec.objects), 64, 64) and masks.min() >= 0 and masks.sum(0).max() <= 1 + 1e-5
+        image = scene.image / 255.0
+        drawn = image.max(-1) - image.min(-1) > 0.2  # saturated = some object
+        covered = masks.sum(0) > 0.5
+        ious.append((drawn & covered).sum() / (drawn | covered).sum())
+        coarse = shapes.object_masks(scene.spec.objects, 16)  # same areas on a coarser grid
+        np.testing.assert_allclose(coarse.sum((1, 2)) * 16, masks.sum((1, 2)), rtol=0.1, atol=2.0)
+    assert np.mean(ious) > 0.85 and min(ious) > 0.6, ious
+    with pytest.raises(ValueError, match="no boxes"):
+        shapes.object_masks(shapes.spec_from_prompt("a red circle").objects, 16)

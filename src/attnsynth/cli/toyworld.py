@@ -63,6 +63,7 @@ def train_t2i_command(
     lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="After warm-up: cosine, constant, or wsd (constant, then linear decay)."),
     decay_steps: int = typer.Option(0, "--decay-steps", help="wsd: the last steps, linear decay to 0.1 × lr (set --steps to end the run)."),
     snr_gamma: float = typer.Option(5.0, "--snr-gamma", help="Min-SNR-γ loss weighting (0: plain MSE)."),
+    grounding_weight: float = typer.Option(0.0, "--grounding-weight", help="Token-grounding loss weight (keeps subject words' attention on their objects; 0: off)."),
     stage: str = typer.Option("all", "--stage", help="vae, unet, or all (vae then unet)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its checkpoints, exactly."),
     init_from: Path = typer.Option(None, "--init-from", help="Warm start (weights only) from a pipeline directory, e.g. the shipped one."),
@@ -84,7 +85,7 @@ def train_t2i_command(
     config = TrainConfig(
         stage=stage, steps=steps, vae_steps=vae_steps, batch_size=batch_size, vae_batch_size=vae_batch_size, lr=lr, vae_lr=vae_lr,
         warmup_steps=warmup_steps, lr_schedule=lr_schedule, decay_steps=decay_steps, checkpoint_every_s=checkpoint_every, sample_every=sample_every,
-        snr_gamma=snr_gamma or None, seed=seed, threads=threads, model=replace(ToyT2IConfig(), resolution=resolution),
+        snr_gamma=snr_gamma or None, grounding_weight=grounding_weight, seed=seed, threads=threads, model=replace(ToyT2IConfig(), resolution=resolution),
     )
     if dry_run:
         typer.echo(json.dumps(config.to_dict(), indent=2))

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
-from attnsynth.toyworld.shapes_draw import draw, sample_background, sample_instances, sample_layout
+from attnsynth.toyworld.shapes_draw import draw, object_masks, sample_background, sample_instances, sample_layout
 from attnsynth.toyworld.shapes_grammar import (
     COLOURS,
     RELATION_PHRASES,
@@ -54,6 +54,7 @@ __all__ = [
     "Subject",
     "detect",
     "export",
+    "object_masks",
     "read_export",
     "render",
     "sample_prompt",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import colorsys
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -226,6 +227,26 @@ def sample_instances(rng: np.random.Generator, objects: list[ObjectSpec], boxes:
                 frequency = float(rng.uniform(2.5, 4.0))
             out.append(Instance(obj.shape, box, rgb, texture, shade, angle, frequency))  # type: ignore[arg-type]
     return out
+
+
+def object_masks(objects: Sequence[ObjectSpec], size: int) -> np.ndarray:
+    """Visible coverage of every object on a ``size``² grid → ``[len(objects), size, size]`` float32 in [0, 1].
+
+    Instances are laid down in drawing order (objects in order, their instances in order), each
+    hiding what it covers of the earlier ones, so the masks say which object a cell shows; an
+    object's mask is the union of its instances. Used to ground caption tokens in training.
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be an integer >= 1, got {size!r}")
+    masks = np.zeros((len(objects), size, size), np.float32)
+    for k, obj in enumerate(objects):
+        if not obj.boxes:
+            raise ValueError(f"object {k} ({obj.shape}) has no boxes; masks need a placed scene's spec")
+        for x0, y0, x1, y1 in obj.boxes:
+            cover = box_coverage(obj.shape, (x0 * size, y0 * size, x1 * size, y1 * size), size, size).astype(np.float32)
+            masks *= 1.0 - cover
+            masks[k] += cover
+    return masks
 
 
 def sample_background(rng: np.random.Generator) -> Background:

@@ -46,6 +46,8 @@ from attnsynth.toyworld.t2i_model import (
     count_parameters,
     save_pipeline,
 )
+from attnsynth.attention.capture import AttentionCapture
+from attnsynth.toyworld.t2i_grounding import grounding_loss, grounding_targets
 from attnsynth.utils.distributed import make_accelerator
 from attnsynth.utils.io import atomic_directory, atomic_save_png, atomic_write_json, read_json
 
@@ -74,6 +76,8 @@ class TrainConfig:
     kl_weight: float = 1e-4  # per latent element
     caption_dropout: float = 0.1  # share of empty captions (classifier-free guidance)
     snr_gamma: float | None = 5.0  # Min-SNR-γ loss weighting (Hang et al. 2023; converges faster); None = plain MSE
+    grounding_weight: float = 0.0  # weight of the token-grounding loss (attnsynth.toyworld.t2i_grounding); 0 = off
+    grounding_res: int = 16  # grid of the cross-attention layers it grounds (the guided pipeline's attention_res)
     ema_decay: float = 0.999  # EMA ceiling; warm-up 1 − (1 + step)^(−2/3) below it
     seed: int = 0
     train_seed_start: int = 0  # scenes shapes.render(seed) with seed in [start, start + count)
@@ -106,6 +110,10 @@ class TrainConfig:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             raise ValueError(f"snr_gamma must be > 0 (or None for plain MSE), got {self.snr_gamma}")
+        if self.grounding_weight < 0:
+            raise ValueError(f"grounding_weight must be >= 0, got {self.grounding_weight}")
+        if self.grounding_res < 1:
+            raise ValueError(f"grounding_res must be >= 1, got {self.grounding_res}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.train_seed_start + self.train_seed_count > self.eval_seed_start and self.eval_seed_start >= self.train_seed_start:
@@ -141,17 +149,18 @@ def _step_generator(config: TrainConfig, stage: str, step: int, rank: int) -> to
     return torch.Generator().manual_seed(((config.seed * 1_000_003 + offset) * 10_000_019 + step) * 257 + rank)
 
 
-def render_batch(seeds: list[int], resolution: int) -> tuple[torch.Tensor, list[str]]:
-    """Scenes ``shapes.render(seed, resolution)`` as images in [-1, 1] ``[B, 3, H, W]`` and captions."""
+def render_batch(seeds: list[int], resolution: int) -> tuple[torch.Tensor, list[str], list[Any]]:
+    """Scenes ``shapes.render(seed, resolution)`` as images in [-1, 1] ``[B, 3, H, W]``, captions and specs."""
     from attnsynth.toyworld import shapes
 
-    images, captions = [], []
+    images, captions, specs = [], [], []
     for seed in seeds:
         scene = shapes.render(int(seed), resolution)
         images.append(torch.from_numpy(np.array(scene.image, dtype=np.uint8)))
         captions.append(scene.caption)
+        specs.append(scene.spec)
     pixels = torch.stack(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [B, 3, H, W]
-    return pixels, captions
+    return pixels, captions, specs
 
 
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor, scheduler, snr_gamma: float | None) -> torch.Tensor:
@@ -378,7 +387,7 @@ class Trainer:
         last_save, t_log, running = time.time(), time.time(), []
         while step < cfg.vae_steps:
             gen = _step_generator(cfg, "vae", step, acc.process_index)
-            pixels, _ = render_batch(batch_seeds(cfg, step, cfg.vae_batch_size, acc.process_index, acc.num_processes), cfg.model.resolution)
+            pixels, _, _ = render_batch(batch_seeds(cfg, step, cfg.vae_batch_size, acc.process_index, acc.num_processes), cfg.model.resolution)
             pixels = pixels.to(acc.device)
             for g in optimizer.param_groups:
                 g["lr"] = learning_rate(cfg, cfg.vae_lr, step, cfg.vae_steps, cfg.vae_warmup_steps)
@@ -408,7 +417,7 @@ class Trainer:
         """Set ``scaling_factor`` = 1 / std of latents of held-out scenes (as SD's 0.18215)."""
         cfg = self.config
         seeds = list(range(cfg.eval_seed_start, cfg.eval_seed_start + 64))
-        pixels, _ = render_batch(seeds, cfg.model.resolution)
+        pixels, _, _ = render_batch(seeds, cfg.model.resolution)
         std = vae.encode(pixels.to(self.accelerator.device)).latent_dist.mean.float().std().item()
         recon = vae.decode(vae.encode(pixels.to(self.accelerator.device)).latent_dist.mean).sample.clamp(-1, 1)
         mae = (recon.cpu() - pixels).abs().mean().item() * 127.5
@@ -477,12 +486,17 @@ class Trainer:
         ema_unet.to(acc.device)
         ema_text.to(acc.device)
         empty_ids = self._tokenize([""])
-        last_save, t_log, running = time.time(), time.time(), []
+        capture = None
+        if cfg.grounding_weight > 0:
+            grid = (cfg.grounding_res, cfg.grounding_res)
+            capture = AttentionCapture(acc.unwrap_model(unet), latent_size=(cfg.model.latent_size,) * 2, resolution=grid).install()
+        last_save, t_log, running, running_ground = time.time(), time.time(), [], []
         while step < cfg.steps:
             unet.train()
             text_encoder.train()
             gen = _step_generator(cfg, "unet", step, acc.process_index)
-            pixels, captions = render_batch(batch_seeds(cfg, step, cfg.batch_size, acc.process_index, acc.num_processes), cfg.model.resolution)
+            pixels, captions, specs = render_batch(batch_seeds(cfg, step, cfg.batch_size, acc.process_index, acc.num_processes),
+                                                   cfg.model.resolution)
             ids = self._tokenize(captions)
             drop = torch.rand(len(captions), generator=gen) < cfg.caption_dropout
             ids[drop] = empty_ids  # [B, L]
@@ -498,8 +512,18 @@ class Trainer:
             for g in optimizer.param_groups:
                 g["lr"] = learning_rate(cfg, cfg.lr, step, cfg.steps, cfg.warmup_steps)
             hidden = text_encoder(ids)[0]  # [B, L, D]
-            pred = unet(noisy, timesteps, hidden).sample
-            loss = diffusion_loss(pred, target, timesteps, noise_scheduler, cfg.snr_gamma)
+            if capture is None:
+                pred = unet(noisy, timesteps, hidden).sample
+                loss = denoising = diffusion_loss(pred, target, timesteps, noise_scheduler, cfg.snr_gamma)
+            else:
+                targets = grounding_targets(self.tokenizer, captions, specs, size=cfg.grounding_res, max_length=cfg.model.max_length,
+                                            skip=drop.tolist()).to(acc.device)
+                with capture.guiding():
+                    pred = unet(noisy, timesteps, hidden).sample
+                    ground = grounding_loss(capture.maps(), targets)  # maps [B, g, g, L] keep their graph
+                denoising = diffusion_loss(pred, target, timesteps, noise_scheduler, cfg.snr_gamma)
+                loss = denoising + cfg.grounding_weight * ground
+                running_ground.append(ground.item())
             acc.backward(loss)
             acc.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
@@ -507,13 +531,16 @@ class Trainer:
             ema_unet.step(acc.unwrap_model(unet).parameters())
             ema_text.step(acc.unwrap_model(text_encoder).parameters())
             step += 1
-            running.append(loss.item())
+            running.append(denoising.item())
             if step % cfg.log_every == 0 or step == cfg.steps:
                 dt = (time.time() - t_log) / len(running)
-                self.echo(f"unet step {step}/{cfg.steps} loss {np.mean(running):.4f} lr {optimizer.param_groups[0]['lr']:.2e} ({dt:.2f} s/step)")
-                self.log({"stage": "unet", "step": step, "loss": float(np.mean(running)), "lr": optimizer.param_groups[0]["lr"],
+                grounded = {"grounding": float(np.mean(running_ground))} if running_ground else {}
+                self.echo(f"unet step {step}/{cfg.steps} loss {np.mean(running):.4f}"
+                          + (f" grounding {grounded['grounding']:.3f}" if grounded else "")
+                          + f" lr {optimizer.param_groups[0]['lr']:.2e} ({dt:.2f} s/step)")
+                self.log({"stage": "unet", "step": step, "loss": float(np.mean(running)), **grounded, "lr": optimizer.param_groups[0]["lr"],
                           "s_per_step": dt, "time": time.time()})
-                running, t_log = [], time.time()
+                running, running_ground, t_log = [], [], time.time()
             modules = [acc.unwrap_model(unet), acc.unwrap_model(text_encoder)]
             if cfg.sample_every and step % cfg.sample_every == 0 and self.is_main:
                 _with_ema([ema_unet, ema_text], modules, lambda: self.sample_and_score(vae, *modules, step=step))
@@ -521,6 +548,8 @@ class Trainer:
             if step == cfg.steps or self._checkpoint_due(last_save):
                 self._save_unet(modules, [ema_unet, ema_text], optimizer, step)
                 last_save = time.time()
+        if capture is not None:
+            capture.restore()
 
     def _save_unet(self, modules: list[torch.nn.Module], emas: list, optimizer, step: int) -> None:
         unet, text_encoder = modules
