@@ -93,6 +93,8 @@ def test_benchmark_runs_every_method_on_the_same_prompts(shipped):
     assert set(results["methods"]) == {"none", "ait2i"}
     for per_n in results["methods"].values():
         assert per_n["2"]["images"] == 1 and 0.0 <= per_n["2"]["present_rate"] <= 1.0
+        lift = per_n["2"]["attention_lift"]  # nan when no subject was found in its colour
+        assert np.isnan(lift) or lift >= 0.0
     assert results_markdown(results).count("\n") == 2 + 2 * 2 - 1
     with pytest.raises(ValueError, match="methods"):
         BenchConfig(methods=("magic",))
@@ -317,3 +319,21 @@ def test_trainer_with_grounding_trains_and_logs_it(tmp_path):
     assert len(grounding) == 3 and all(0.0 < g < 1.0 for g in grounding)
     with pytest.raises(ValueError, match="attention_res"):  # no cross-attention layer on a 5x5 grid
         train_t2i(tmp_path / "bad", _tiny(grounding_weight=1.0, grounding_res=5, vae_steps=1), device="cpu", echo=lambda _: None)
+
+
+def test_attention_on_objects_measures_whether_subject_maps_sit_on_their_objects():
+    from attnsynth.t2i.subjects import SubjectGroup
+    from attnsynth.toyworld.shapes_oracle import Detection
+    from attnsynth.toyworld.t2i_bench import attention_on_objects
+
+    spec = shapes.spec_from_prompt("a red circle and a blue square")
+    groups = [SubjectGroup("circle", (3,)), SubjectGroup("square", (6,))]
+    found = [Detection("circle", "red", (0.0, 0.0, 0.25, 0.25), 0.05, 0.9, 0.0), Detection("square", "blue", (0.5, 0.5, 1.0, 1.0), 0.2, 0.9, 0.0)]
+    maps = torch.full((2, 8, 8, 8), 1.0 / 8)  # [steps, h, w, T]: every token everywhere
+    assert attention_on_objects(maps, groups, spec, found) == [pytest.approx((1 / 16, 1 / 16)), pytest.approx((1 / 4, 1 / 4))]
+    maps[:, :, :, 3] = 0.0
+    maps[:, :2, :2, 3] = 1.0  # the circle's word only on the circle's box
+    assert attention_on_objects(maps, groups, spec, found)[0] == pytest.approx((1.0, 1 / 16))
+    assert attention_on_objects(maps, groups, spec, found[:1]) == [pytest.approx((1.0, 1 / 16))]  # the square was not found
+    unsure = [Detection("circle", "red", (0.0, 0.0, 0.25, 0.25), 0.05, 0.3, 0.0)]
+    assert attention_on_objects(maps, groups, spec, unsure) == []  # the oracle's score ignores it too

@@ -9,7 +9,11 @@ images back:
 * ``shapes_present`` — every subject's shape found, colour ignored;
 * ``present_rate`` — share of subjects whose shape is found;
 * ``colour_binding`` — of the coloured subjects whose shape is found, the share in the right colour;
-* ``s_per_image`` — wall-clock seconds per image (noisy on a shared CPU).
+* ``attention_lift`` — whether the subjects' cross-attention maps (at ``attention_res``, averaged
+  over the sampling steps) sit on their objects: the share of a subject word's attention inside the
+  box of its found object, divided by the box's share of the image, pooled over found subjects.
+  1 means the maps ignore where the objects are — guidance then steers noise;
+* ``s_per_image`` — wall-clock seconds per image (noisy on a shared CPU; maps are recorded too).
 """
 
 from __future__ import annotations
@@ -106,14 +110,41 @@ def benchmark_prompts(n_subjects: int, n_prompts: int, *, seed_start: int = PROM
     return prompts
 
 
+def attention_on_objects(maps: torch.Tensor, groups: list, spec: Any, detections: list, *, min_confidence: float = 0.5) -> list[tuple[float, float]]:
+    """``(share of attention inside the box, box share of the image)`` for every subject found in its colour.
+
+    ``maps [steps, h, w, T]`` of one image; ``groups`` the token groups of ``spec.subjects`` in order;
+    ``detections`` the oracle's detections of the image (each used once; confident ones, as the oracle's score).
+    """
+    mean = maps.float().mean(dim=0)  # [h, w, T]
+    height, width = mean.shape[:2]
+    used: set[int] = set()
+    pairs = []
+    for subject, group in zip(spec.subjects, groups):
+        obj = spec.objects[subject.object_index]
+        match = next((i for i, d in enumerate(detections) if i not in used and d.confidence >= min_confidence and d.shape == obj.shape and d.colour == obj.colour), None)
+        if match is None:
+            continue
+        used.add(match)
+        x0, y0, x1, y1 = detections[match].box
+        c0, c1 = int(np.floor(x0 * width)), max(int(np.ceil(x1 * width)), int(np.floor(x0 * width)) + 1)
+        r0, r1 = int(np.floor(y0 * height)), max(int(np.ceil(y1 * height)), int(np.floor(y0 * height)) + 1)
+        subject_map = mean[:, :, list(group.token_indices)].sum(dim=-1)  # [h, w]
+        inside = float(subject_map[r0:r1, c0:c1].sum() / subject_map.sum().clamp_min(1e-12))
+        pairs.append((inside, (r1 - r0) * (c1 - c0) / (height * width)))
+    return pairs
+
+
 def _summarise(scores: list[dict[str, Any]], seconds: float) -> dict[str, float]:
     binding = [s["colour_binding_rate"] for s in scores if s["colour_binding_rate"] is not None]
+    pairs = [pair for s in scores for pair in s.get("attention", [])]
     return {
         "images": len(scores),
         "all_present": float(np.mean([s["all_present"] for s in scores])),
         "shapes_present": float(np.mean([all(s["present"]) for s in scores])),
         "present_rate": float(np.mean([s["present_rate"] for s in scores])),
         "colour_binding": float(np.mean(binding)) if binding else float("nan"),
+        "attention_lift": sum(i for i, _ in pairs) / sum(a for _, a in pairs) if pairs else float("nan"),
         "s_per_image": seconds / max(1, len(scores)),
     }
 
@@ -126,6 +157,7 @@ def run_benchmark(pipe, config: BenchConfig, *, on_batch: Callable[[str, int, in
     so all methods start from the same noise. ``on_batch(method, n_subjects, seed)`` reports progress.
     """
     from attnsynth.t2i.pipeline_sd import AttentionGuidedStableDiffusionPipeline
+    from attnsynth.t2i.subjects import resolve_subjects
     from attnsynth.toyworld import shapes
 
     guided = AttentionGuidedStableDiffusionPipeline.from_pipe(pipe)
@@ -134,6 +166,7 @@ def run_benchmark(pipe, config: BenchConfig, *, on_batch: Callable[[str, int, in
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()}
     results: dict[str, Any] = {"config": {**settings, "prompt_seed_start": config.prompt_seed_start}, "methods": {}}
     prompt_sets = {n: benchmark_prompts(n, config.n_prompts, seed_start=config.prompt_seed_start) for n in config.subject_counts}
+    groups = {n: [resolve_subjects(p, [s.noun for s in spec.subjects], pipe.tokenizer) for p, spec, _ in prompts] for n, prompts in prompt_sets.items()}
     for method in config.methods:
         per_n: dict[str, Any] = {}
         all_scores: list[dict[str, Any]] = []
@@ -146,14 +179,18 @@ def run_benchmark(pipe, config: BenchConfig, *, on_batch: Callable[[str, int, in
                 kwargs: dict[str, Any] = {}
                 if method != "none":
                     kwargs = dict(method=method, subjects=[[s.noun for s in spec.subjects] for _, spec, _ in prompts],
-                                  guided_steps=config.guided_steps, step_size=config.step_size, attention_res=tuple(config.attention_res),
-                                  loss_weights=dict(config.loss_weights) or None)
+                                  guided_steps=config.guided_steps, step_size=config.step_size, loss_weights=dict(config.loss_weights) or None)
                 start = time.perf_counter()
                 out = guided([p for p, _, _ in prompts], num_inference_steps=config.num_inference_steps,
-                             guidance_scale=config.guidance_scale, generator=generators, output_type="np", **kwargs)
+                             guidance_scale=config.guidance_scale, generator=generators, output_type="np",
+                             attention_res=tuple(config.attention_res), return_attention_maps=True, **kwargs)
                 seconds += time.perf_counter() - start
                 images = (np.clip(out.images, 0, 1) * 255).round().astype(np.uint8)  # [B, H, W, 3]
-                scores += [shapes.score(image, spec) for image, (_, spec, _) in zip(images, prompts)]
+                for b, (image, (_, spec, _)) in enumerate(zip(images, prompts)):
+                    detections = shapes.detect(image)
+                    score = shapes.score(image, spec, detections=detections)
+                    score["attention"] = attention_on_objects(out.attention_maps[:, b], groups[n][b], spec, detections)
+                    scores.append(score)
                 if on_batch is not None:
                     on_batch(method, n, seed)
             per_n[str(n)] = _summarise(scores, seconds)
@@ -171,7 +208,7 @@ def results_table(results: dict[str, Any]):
 
     split = results["config"].get("split", "test")
     table = Table(title=f"shapes-world T2I: oracle rates by method (held-out {split} prompts × seeds)")
-    for column in ("subjects", "method", "images", "all present", "shapes present", "present rate", "colour binding", "s / image"):
+    for column in ("subjects", "method", "images", "all present", "shapes present", "present rate", "colour binding", "attention lift", "s / image"):
         table.add_column(column, justify="left" if column in ("subjects", "method") else "right")
     methods = results["methods"]
     keys = list(next(iter(methods.values())).keys())
@@ -179,20 +216,20 @@ def results_table(results: dict[str, Any]):
         for method, per_n in methods.items():
             r = per_n[key]
             table.add_row(key, method, str(r["images"]), f"{r['all_present']:.3f}", f"{r['shapes_present']:.3f}",
-                          f"{r['present_rate']:.3f}", f"{r['colour_binding']:.3f}", f"{r['s_per_image']:.2f}")
+                          f"{r['present_rate']:.3f}", f"{r['colour_binding']:.3f}", f"{r.get('attention_lift', float('nan')):.2f}", f"{r['s_per_image']:.2f}")
         table.add_section()
     return table
 
 
 def results_markdown(results: dict[str, Any]) -> str:
     """The same table as GitHub markdown (for ``benchmarks/RESULTS.md``)."""
-    lines = ["| subjects | method | images | all present | shapes present | present rate | colour binding | s / image |",
-             "|---|---|--:|--:|--:|--:|--:|--:|"]
+    lines = ["| subjects | method | images | all present | shapes present | present rate | colour binding | attention lift | s / image |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|"]
     for key in next(iter(results["methods"].values())).keys():
         for method, per_n in results["methods"].items():
             r = per_n[key]
             lines.append(f"| {key} | {method} | {r['images']} | {r['all_present']:.3f} | {r['shapes_present']:.3f} | "
-                         f"{r['present_rate']:.3f} | {r['colour_binding']:.3f} | {r['s_per_image']:.2f} |")
+                         f"{r['present_rate']:.3f} | {r['colour_binding']:.3f} | {r.get('attention_lift', float('nan')):.2f} | {r['s_per_image']:.2f} |")
     return "\n".join(lines)
 
 
