@@ -121,3 +121,29 @@ def test_subject_and_box_syntax():
     assert parse_boxes("cat=0,0,0.5,1") == {"cat": (0.0, 0.0, 0.5, 1.0)}
     with pytest.raises(ValueError, match="--subjects"):
         parse_subjects("cat,,dog")
+
+
+def test_settings_saved_with_the_model_fill_in_what_the_command_leaves_out(models, tmp_path):
+    import json
+    import shutil
+
+    from attnsynth.t2i import RECOMMENDED_SETTINGS_FILE
+
+    model = tmp_path / "tuned"
+    shutil.copytree(models / "sd", model)
+    recommended = {"num_inference_steps": 3, "guidance_scale": 2.5, "attention_res": [8, 8], "guided_steps": 5,
+                   "step_size": 7.0, "height": 32, "width": 32}
+    (model / RECOMMENDED_SETTINGS_FILE).write_text(json.dumps(recommended))
+    out = tmp_path / "out.png"
+    _generate("--model", model, "--prompt", "a cat and a dog", "--subjects", "cat,dog", "--device", "cpu", "--out", out)
+    expected = _direct(model, "a cat and a dog", 0, subjects=["cat", "dog"], method="ait2i", num_inference_steps=3,
+                       guided_steps=3, step_size=7.0, guidance_scale=2.5, height=32, width=32, attention_res=(8, 8))
+    assert np.array_equal(_png(out), expected)  # guided steps capped at the step count
+    other = _direct(model, "a cat and a dog", 0, subjects=["cat", "dog"], method="ait2i", num_inference_steps=3,
+                    guided_steps=3, step_size=7.0, guidance_scale=2.5, height=32, width=32)  # default grid (4²) instead
+    assert not np.array_equal(expected, other)
+    flags = tmp_path / "flags.png"  # flags win over the saved settings
+    _generate("--model", model, "--prompt", "a cat and a dog", "--subjects", "cat,dog", "--device", "cpu", "--out", flags,
+              "--steps", 4, "--guidance-scale", 5.0, "--attention-res", 12, "--step-size", 50, "--guided-steps", 2, "--resolution", 48)
+    assert np.array_equal(_png(flags), _direct(model, "a cat and a dog", 0, subjects=["cat", "dog"], method="ait2i", num_inference_steps=4,
+                                               guided_steps=2, step_size=50.0, guidance_scale=5.0, height=48, width=48, attention_res=(12, 12)))

@@ -80,11 +80,12 @@ def generate_command(
     method: str = typer.Option("ait2i", "--method", help="ait2i, attend-excite, divide-bind, layout, or none (plain SD)."),
     seed: int = typer.Option(0, "--seed", help="Noise seed (CPU generator, so images match across devices)."),
     num_seeds: int = typer.Option(1, "--num-seeds", help="Images per prompt, seeds seed … seed+n−1."),
-    steps: int = typer.Option(50, "--steps", help="Denoising steps."),
-    guided_steps: int = typer.Option(None, "--guided-steps", help="Guided steps (default: the method's, 25 for ait2i)."),
-    step_size: float = typer.Option(None, "--step-size", help="Latent step size α (default: the method's, 20)."),
-    guidance_scale: float = typer.Option(None, "--guidance-scale", help="Classifier-free guidance scale (default: the pipeline's)."),
+    steps: int = typer.Option(None, "--steps", help="Denoising steps (default: the model's recommended, else 50)."),
+    guided_steps: int = typer.Option(None, "--guided-steps", help="Guided steps (default: the model's recommended, else the method's: 25 for ait2i)."),
+    step_size: float = typer.Option(None, "--step-size", help="Latent step size α (default: the model's recommended, else the method's: 20)."),
+    guidance_scale: float = typer.Option(None, "--guidance-scale", help="Classifier-free guidance scale (default: the model's recommended, else the pipeline's)."),
     resolution: str = typer.Option(None, "--resolution", help="Image size R or HxW (default: the model's)."),
+    attention_res: str = typer.Option(None, "--attention-res", help="Attention-map grid R or HxW (default: the model's recommended, else image/32)."),
     boxes: str = typer.Option(None, "--boxes", help="Layout boxes: 'cat=0,0,0.5,1;dog=0.5,0,1,1' (x0,y0,x1,y1 in [0, 1])."),
     out: Path = typer.Option(None, "--out", help="Output PNG (single-image mode)."),
     out_dir: Path = typer.Option(None, "--out-dir", help="Output directory (batch mode): NNNN_<prompt>_seedS.png per prompt and seed."),
@@ -105,7 +106,7 @@ def generate_command(
         raise ValueError("--prompt-file needs --out-dir (and neither --out nor --save-attention)")
     if num_seeds < 1 or (prompt is not None and num_seeds != 1):
         raise ValueError(f"--num-seeds {num_seeds} is invalid; expected >= 1, and 1 with --prompt")
-    if steps < 1:
+    if steps is not None and steps < 1:
         raise ValueError(f"--steps {steps} is invalid; expected >= 1")
     entries = [(prompt, None)] if prompt is not None else read_prompt_file(prompt_file)
 
@@ -120,18 +121,34 @@ def generate_command(
         size = parse_resolution(resolution) if resolution is not None else None
     except ValueError as error:
         raise ValueError(f"--resolution: {error}") from None
+    try:
+        grid = parse_resolution(attention_res) if attention_res is not None else None
+    except ValueError as error:
+        raise ValueError(f"--attention-res: {error}") from None
     state = PartialState()
     pipe = load_pipeline(model, device=device or state.device, dtype=getattr(torch, dtype))
     pipe.set_progress_bar_config(disable=prompt_file is not None or not state.is_main_process)
+    recommended = pipe.attnsynth_defaults  # settings saved with the model fill in what was not given
+    steps = steps if steps is not None else int(recommended.get("num_inference_steps", 50))
     common: dict[str, Any] = {"num_inference_steps": steps}
+    if size is None and "height" in recommended:
+        size = (int(recommended["height"]), int(recommended["width"]))
     if size is not None:
         common.update(height=size[0], width=size[1])
+    if guidance_scale is None:
+        guidance_scale = recommended.get("guidance_scale")
     if guidance_scale is not None:
         common["guidance_scale"] = guidance_scale
+    if grid is None and "attention_res" in recommended:
+        grid = tuple(int(v) for v in recommended["attention_res"])
+    if grid is not None:
+        common["attention_res"] = grid
+    if guided_steps is None and "guided_steps" in recommended:
+        guided_steps = min(int(recommended["guided_steps"]), steps)
     guidance = {
         "method": None if method == "none" else method,
         "guided_steps": guided_steps,
-        "step_size": step_size,
+        "step_size": step_size if step_size is not None else recommended.get("step_size"),
         "boxes": parse_boxes(boxes),
     }
     if guidance["method"] is None:

@@ -20,15 +20,28 @@ _LAZY = {
     "AttentionGuidedStableDiffusionXLPipelineOutput": "attnsynth.t2i.pipeline_sdxl",
 }
 
-__all__ = sorted([*_LAZY, "load_pipeline"])
+__all__ = sorted([*_LAZY, "RECOMMENDED_SETTINGS_FILE", "load_pipeline", "recommended_settings"])
+
+#: Optional JSON beside ``model_index.json``: call settings the model was tuned with (steps, CFG,
+#: attention grid, guided steps, step size, size), used wherever the caller does not set them.
+RECOMMENDED_SETTINGS_FILE = "attnsynth_defaults.json"
 
 _SDXL_CLASS_NAMES = ("StableDiffusionXLPipeline", "AttentionGuidedStableDiffusionXLPipeline")
+
+
+def recommended_settings(path: str | os.PathLike) -> dict[str, Any]:
+    """The model directory's :data:`RECOMMENDED_SETTINGS_FILE` as a dict ({} when it has none)."""
+    from attnsynth.utils.io import read_json
+
+    settings_path = Path(path) / RECOMMENDED_SETTINGS_FILE
+    return dict(read_json(settings_path, "recommended settings")) if settings_path.is_file() else {}
 
 
 def load_pipeline(path: str | os.PathLike, *, device: str | None = None, dtype: Any = None) -> Any:
     """Load a local diffusers SD or SDXL directory as the matching attention-guided pipeline.
 
-    SDXL is recognised from ``model_index.json`` (its class name, or a ``text_encoder_2``).
+    SDXL is recognised from ``model_index.json`` (its class name, or a ``text_encoder_2``). The
+    directory's recommended settings (:func:`recommended_settings`) become ``pipe.attnsynth_defaults``.
     Raises ``FileNotFoundError`` when the directory or its ``model_index.json`` is missing.
     """
     index_path = Path(path) / "model_index.json"
@@ -42,6 +55,7 @@ def load_pipeline(path: str | os.PathLike, *, device: str | None = None, dtype: 
     cls = __getattr__("AttentionGuidedStableDiffusionXLPipeline" if is_sdxl else "AttentionGuidedStableDiffusionPipeline")
     kwargs = {"torch_dtype": dtype} if dtype is not None else {}
     pipe = cls.from_pretrained(str(path), **kwargs)
+    pipe.attnsynth_defaults = recommended_settings(path)
     return pipe.to(device) if device is not None else pipe
 
 

@@ -9,7 +9,6 @@ weights ship in ``attnsynth/assets/toy_t2i`` and load with :func:`load_t2i_pipel
 from __future__ import annotations
 
 import copy
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,10 +16,12 @@ from typing import Any, Iterable
 
 import torch
 
+from attnsynth.t2i import RECOMMENDED_SETTINGS_FILE, recommended_settings
+
 #: Where the trained pipeline ships inside the package.
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_t2i"
 #: File in a pipeline directory holding the recommended generation settings.
-DEFAULTS_FILE = "attnsynth_defaults.json"
+DEFAULTS_FILE = RECOMMENDED_SETTINGS_FILE
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -315,8 +316,7 @@ def load_t2i_pipeline(path: str | Path | None = None, *, device: str | torch.dev
     pipe.set_progress_bar_config(disable=True)
     if device is not None:
         pipe = pipe.to(device)
-    defaults_path = path / DEFAULTS_FILE
-    pipe.attnsynth_defaults = json.loads(defaults_path.read_text()) if defaults_path.is_file() else dict(TOY_T2I_DEFAULTS)
+    pipe.attnsynth_defaults = recommended_settings(path) or dict(TOY_T2I_DEFAULTS)
     return pipe
 
 
