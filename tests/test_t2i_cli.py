@@ -142,6 +142,11 @@ def test_settings_saved_with_the_model_fill_in_what_the_command_leaves_out(model
     other = _direct(model, "a cat and a dog", 0, subjects=["cat", "dog"], method="ait2i", num_inference_steps=3,
                     guided_steps=3, step_size=7.0, guidance_scale=2.5, height=32, width=32)  # default grid (4²) instead
     assert not np.array_equal(expected, other)
+    recommended["step_size"] = {"ait2i": 7.0, "attend-excite": 30.0}  # per method
+    (model / RECOMMENDED_SETTINGS_FILE).write_text(json.dumps(recommended))
+    per_method = tmp_path / "per_method.png"
+    _generate("--model", model, "--prompt", "a cat and a dog", "--subjects", "cat,dog", "--device", "cpu", "--out", per_method)
+    assert np.array_equal(_png(per_method), expected)
     flags = tmp_path / "flags.png"  # flags win over the saved settings
     _generate("--model", model, "--prompt", "a cat and a dog", "--subjects", "cat,dog", "--device", "cpu", "--out", flags,
               "--steps", 4, "--guidance-scale", 5.0, "--attention-res", 12, "--step-size", 50, "--guided-steps", 2, "--resolution", 48)

@@ -113,7 +113,7 @@ def generate_command(
     import torch
     from accelerate import PartialState
 
-    from attnsynth.t2i import load_pipeline
+    from attnsynth.t2i import load_pipeline, recommended_for
     from attnsynth.utils.images import parse_resolution
     from attnsynth.utils.io import atomic_save_png
 
@@ -148,7 +148,7 @@ def generate_command(
     guidance = {
         "method": None if method == "none" else method,
         "guided_steps": guided_steps,
-        "step_size": step_size if step_size is not None else recommended.get("step_size"),
+        "step_size": step_size if step_size is not None else recommended_for(recommended, "step_size", method),
         "boxes": parse_boxes(boxes),
     }
     if guidance["method"] is None:

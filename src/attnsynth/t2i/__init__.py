@@ -20,7 +20,7 @@ _LAZY = {
     "AttentionGuidedStableDiffusionXLPipelineOutput": "attnsynth.t2i.pipeline_sdxl",
 }
 
-__all__ = sorted([*_LAZY, "RECOMMENDED_SETTINGS_FILE", "load_pipeline", "recommended_settings"])
+__all__ = sorted([*_LAZY, "RECOMMENDED_SETTINGS_FILE", "load_pipeline", "recommended_for", "recommended_settings"])
 
 #: Optional JSON beside ``model_index.json``: call settings the model was tuned with (steps, CFG,
 #: attention grid, guided steps, step size, size), used wherever the caller does not set them.
@@ -35,6 +35,13 @@ def recommended_settings(path: str | os.PathLike) -> dict[str, Any]:
 
     settings_path = Path(path) / RECOMMENDED_SETTINGS_FILE
     return dict(read_json(settings_path, "recommended settings")) if settings_path.is_file() else {}
+
+
+def recommended_for(settings: dict[str, Any], key: str, method: str | None) -> Any:
+    """``settings[key]`` for ``method``: a value may be one number for all methods or ``{method: number}``
+    (step sizes differ per method: their losses have different scales). None when not set."""
+    value = settings.get(key)
+    return value.get(method) if isinstance(value, dict) else value
 
 
 def load_pipeline(path: str | os.PathLike, *, device: str | None = None, dtype: Any = None) -> Any:

@@ -18,8 +18,9 @@ images back:
 
 from __future__ import annotations
 
+import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -49,7 +50,8 @@ class BenchConfig:
     guidance_scale: float = TOY_T2I_DEFAULTS["guidance_scale"]
     attention_res: tuple[int, int] = tuple(TOY_T2I_DEFAULTS["attention_res"])
     guided_steps: int = TOY_T2I_DEFAULTS["guided_steps"]
-    step_size: float | None = TOY_T2I_DEFAULTS["step_size"]  # None: each method's own default
+    # one for all methods, or {method: size}; None: each method's own default
+    step_size: float | dict[str, float] | None = field(default_factory=lambda: copy.deepcopy(TOY_T2I_DEFAULTS["step_size"]))
     split: str = "test"  # which held-out prompts: "validation" (for choosing settings) or "test" (for reporting)
     loss_weights: tuple[tuple[str, float], ...] = ()  # overrides of the guided methods' loss weights (term, weight)
 
@@ -85,7 +87,8 @@ class BenchConfig:
                                      f"expected some of {', '.join(sorted(DEFAULT_WEIGHTS[method]))}")
         if self.split not in SPLITS:
             raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        if self.step_size is not None and not self.step_size > 0:
+        sizes = self.step_size.values() if isinstance(self.step_size, dict) else [self.step_size]
+        if any(size is not None and not size > 0 for size in sizes):
             raise ValueError(f"--step-size must be > 0, got {self.step_size}")
         if self.guided_steps > self.num_inference_steps:
             raise ValueError(f"guided_steps ({self.guided_steps}) must be <= num_inference_steps ({self.num_inference_steps})")
@@ -156,6 +159,7 @@ def run_benchmark(pipe, config: BenchConfig, *, on_batch: Callable[[str, int, in
     each (method, #subjects, seed) is one batch over the prompts, with one generator per image,
     so all methods start from the same noise. ``on_batch(method, n_subjects, seed)`` reports progress.
     """
+    from attnsynth.t2i import recommended_for
     from attnsynth.t2i.pipeline_sd import AttentionGuidedStableDiffusionPipeline
     from attnsynth.t2i.subjects import resolve_subjects
     from attnsynth.toyworld import shapes
@@ -179,7 +183,8 @@ def run_benchmark(pipe, config: BenchConfig, *, on_batch: Callable[[str, int, in
                 kwargs: dict[str, Any] = {}
                 if method != "none":
                     kwargs = dict(method=method, subjects=[[s.noun for s in spec.subjects] for _, spec, _ in prompts],
-                                  guided_steps=config.guided_steps, step_size=config.step_size, loss_weights=dict(config.loss_weights) or None)
+                                  guided_steps=config.guided_steps, step_size=recommended_for(config.__dict__, "step_size", method),
+                                  loss_weights=dict(config.loss_weights) or None)
                 start = time.perf_counter()
                 out = guided([p for p, _, _ in prompts], num_inference_steps=config.num_inference_steps,
                              guidance_scale=config.guidance_scale, generator=generators, output_type="np",

@@ -29,18 +29,20 @@ END_OF_WORD = "</w>"
 
 #: Recommended generation settings for the shipped model. ``attention_res`` is the latent-space
 #: cross-attention grid the guided pipeline reads: the 16² grid (the VAE downsamples 64² by 4),
-#: since SD's image/32 rule would give a useless 2×2 grid at 64². ``guidance_scale`` was chosen on
-#: validation prompts (seeds from 10 000 000, not the benchmark's; 24 per row): at UNet step 4542,
-#: single-subject all-present 0.83 / 0.71 / 0.58 at CFG 2 / 3 / 4 (higher CFG left more canvases
-#: empty); at the shipped step 5260, 0.75 / 0.75 (single) and 0.62 / 0.67 (two subjects) at CFG 2 / 3.
+#: since SD's image/32 rule would give a useless 2×2 grid at 64². ``guidance_scale`` and the
+#: per-method ``step_size`` were chosen on validation prompts (seeds from 10 000 000; the benchmark
+#: uses 20 000 000+) for UNet step 9327: single-subject all-present 0.88 / 0.94 / 0.94 at CFG
+#: 2 / 3 / 4 (32 images each), two subjects 0.78 / 0.91 / 0.88; on 3–4-subject prompts at CFG 3,
+#: all-present 0.53 unguided, AI-T2I 0.69 / 0.56 / 0.47 at α = 5 / 20 / 50, Attend-and-Excite
+#: 0.59 / 0.47 at α = 5 / 20, Divide & Bind 0.59 / 0.66 at α = 5 / 20 (16 images per cell).
 TOY_T2I_DEFAULTS: dict[str, Any] = {
     "height": 64,
     "width": 64,
     "num_inference_steps": 25,
-    "guidance_scale": 2.0,
+    "guidance_scale": 3.0,
     "attention_res": [16, 16],
     "guided_steps": 12,
-    "step_size": 20.0,
+    "step_size": {"ait2i": 5.0, "attend-excite": 5.0, "divide-bind": 20.0},
 }
 
 
