@@ -341,3 +341,25 @@ def test_attention_on_objects_measures_whether_subject_maps_sit_on_their_objects
     assert attention_on_objects(maps, groups, spec, found[:1]) == [pytest.approx((1.0, 1 / 16))]  # the square was not found
     unsure = [Detection("circle", "red", (0.0, 0.0, 0.25, 0.25), 0.05, 0.3, 0.0)]
     assert attention_on_objects(maps, groups, spec, unsure) == []  # the oracle's score ignores it too
+
+
+def test_every_process_passes_the_same_barriers_when_loading_the_tokenizer(tmp_path):
+    # Each process decides "load or build" from whether the tokenizer is saved; main must not save it before
+    # every process has looked, or a slower one skips the barrier main waits in (a hang, seen on a fresh run).
+    from types import SimpleNamespace
+
+    from attnsynth.toyworld.t2i_train import Trainer
+
+    def saved_at_each_barrier(run_dir, is_main):
+        seen = []
+        trainer = Trainer.__new__(Trainer)
+        trainer.run_dir, trainer.init_from, trainer.config, trainer.is_main = run_dir, None, _tiny(), is_main
+        trainer.accelerator = SimpleNamespace(wait_for_everyone=lambda: seen.append((run_dir / "tokenizer").is_dir()))
+        trainer._tokenizer()
+        return seen
+
+    fresh_main, fresh_other = saved_at_each_barrier(tmp_path / "a", True), saved_at_each_barrier(tmp_path / "b", False)
+    assert fresh_main[0] is False and fresh_main[-1] is True  # a barrier before main's save, one after it
+    assert len(fresh_main) == len(fresh_other)
+    resumed_main, resumed_other = saved_at_each_barrier(tmp_path / "a", True), saved_at_each_barrier(tmp_path / "a", False)
+    assert len(resumed_main) == len(resumed_other) >= 1

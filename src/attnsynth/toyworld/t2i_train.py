@@ -297,7 +297,11 @@ class Trainer:
         from transformers import CLIPTokenizer
 
         path = self.run_dir / "tokenizer"
-        if (path / "tokenizer_config.json").is_file():
+        saved = (path / "tokenizer_config.json").is_file()
+        # Every process looks before main may write: otherwise a slower process sees main's fresh save, skips
+        # the barrier below that main is waiting in, and both hang (seen on a fresh 2-process run).
+        self.accelerator.wait_for_everyone()
+        if saved:
             return CLIPTokenizer.from_pretrained(path)
         if self.init_from is not None:
             tokenizer = CLIPTokenizer.from_pretrained(self.init_from / "tokenizer")
