@@ -176,6 +176,9 @@ def test_wsd_schedule_holds_the_rate_then_decays_linearly_to_the_floor():
     assert all(r == 1.0 for r in rate[100:801])  # stable until the last 200 steps
     assert rate[900] == pytest.approx(1 - 0.9 * 0.5) and rate[1000] == pytest.approx(config.min_lr_ratio)
     assert all(a > b for a, b in zip(rate[800:1000], rate[801:1001]))  # strictly down during the decay
+    vae_rate = [learning_rate(config, 1.0, step, 150, 30) for step in range(151)]  # a stage shorter than decay_steps
+    assert vae_rate[29] == 1.0 and vae_rate[150] == pytest.approx(config.min_lr_ratio)
+    assert all(a > b for a, b in zip(vae_rate[30:150], vae_rate[31:151]))
     for bad in (0, 901):
         with pytest.raises(ValueError, match="decay_steps"):
             TrainConfig(steps=1000, warmup_steps=100, lr_schedule="wsd", decay_steps=bad)

@@ -195,7 +195,8 @@ def learning_rate(config: TrainConfig, base: float, step: int, total: int, warmu
     if config.lr_schedule == "constant" or total <= warmup:
         return base
     if config.lr_schedule == "wsd":
-        progress = min(1.0, max(0, step - (total - config.decay_steps)) / config.decay_steps)
+        decay = min(config.decay_steps, total - warmup)  # a shorter stage (the VAE's) decays over all of it at most
+        progress = min(1.0, max(0, step - (total - decay)) / decay)
         return base * (1.0 - (1.0 - config.min_lr_ratio) * progress)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return base * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
