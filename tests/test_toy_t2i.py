@@ -336,14 +336,17 @@ def test_attention_on_objects_measures_whether_subject_maps_sit_on_their_objects
     spec = shapes.spec_from_prompt("a red circle and a blue square")
     groups = [SubjectGroup("circle", (3,)), SubjectGroup("square", (6,))]
     found = [Detection("circle", "red", (0.0, 0.0, 0.25, 0.25), 0.05, 0.9, 0.0), Detection("square", "blue", (0.5, 0.5, 1.0, 1.0), 0.2, 0.9, 0.0)]
+    def verdict(detections):  # the oracle's matching (the image is not read when detections are given)
+        return shapes.score(np.zeros((8, 8, 3), np.uint8), spec, detections=detections)
+
     maps = torch.full((2, 8, 8, 8), 1.0 / 8)  # [steps, h, w, T]: every token everywhere
-    assert attention_on_objects(maps, groups, spec, found) == [pytest.approx((1 / 16, 1 / 16)), pytest.approx((1 / 4, 1 / 4))]
+    assert attention_on_objects(maps, groups, spec, verdict(found)) == [pytest.approx((1 / 16, 1 / 16)), pytest.approx((1 / 4, 1 / 4))]
     maps[:, :, :, 3] = 0.0
     maps[:, :2, :2, 3] = 1.0  # the circle's word only on the circle's box
-    assert attention_on_objects(maps, groups, spec, found)[0] == pytest.approx((1.0, 1 / 16))
-    assert attention_on_objects(maps, groups, spec, found[:1]) == [pytest.approx((1.0, 1 / 16))]  # the square was not found
+    assert attention_on_objects(maps, groups, spec, verdict(found))[0] == pytest.approx((1.0, 1 / 16))
+    assert attention_on_objects(maps, groups, spec, verdict(found[:1])) == [pytest.approx((1.0, 1 / 16))]  # the square was not found
     unsure = [Detection("circle", "red", (0.0, 0.0, 0.25, 0.25), 0.05, 0.3, 0.0)]
-    assert attention_on_objects(maps, groups, spec, unsure) == []  # the oracle's score ignores it too
+    assert attention_on_objects(maps, groups, spec, verdict(unsure)) == []  # the oracle's score ignores it too
 
 
 def test_every_process_passes_the_same_barriers_when_loading_the_tokenizer(tmp_path):

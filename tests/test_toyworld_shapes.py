@@ -360,6 +360,7 @@ def test_score_matching_rules():
     r = score(image, spec, detections=[_det("circle", "red"), _det("circle", "red"), _det("circle", "blue")])
     assert r["satisfied"] == [True, False] and r["present"] == [True, False] and not r["all_present"]
     assert r["count_correct"] == [True, False] and r["extra_objects"] == 1 and r["accuracy"] == 0.5
+    assert r["matched_boxes"] == [[[0.4, 0.4, 0.6, 0.6]] * 2, []]  # where each subject's strict matches are
     r = score(image, spec, detections=[_det("circle", "red"), _det("circle", "red"), _det("circle", "red"), _det("square", "blue")])
     assert r["all_present"] and r["count_correct"] == [False, True] and r["extra_objects"] == 1
     # Swapped colours: both shapes present, neither bound.

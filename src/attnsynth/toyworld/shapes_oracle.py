@@ -325,8 +325,9 @@ def score(image: Any, spec: Spec, *, detections: Sequence[Detection] | None = No
     for colourless subjects) / ``found_counts`` / ``count_correct``, per relation
     ``relations_correct``, the rates ``present_rate``, ``colour_binding_rate`` (over coloured
     subjects whose shape is present; None if there are none) and ``relations_rate``,
-    ``extra_objects``, ``accuracy`` (satisfied subjects + correct relations over their number)
-    and the ``detections`` used (as dicts). Pass ``detections`` to skip detection.
+    ``extra_objects``, ``accuracy`` (satisfied subjects + correct relations over their number),
+    per object the ``matched_boxes`` of its strict matches, and the ``detections`` used (as dicts).
+    Pass ``detections`` to skip detection.
     """
     if not isinstance(spec, Spec):
         raise ValueError(f"spec must be a shapes Spec (e.g. from spec_from_prompt), got {type(spec).__name__}")
@@ -370,6 +371,7 @@ def score(image: Any, spec: Spec, *, detections: Sequence[Detection] | None = No
         "relations_correct": relations_correct,
         "relations_rate": float(np.mean(relations_correct)) if relations_correct else None,
         "extra_objects": len(cands) - len(used),
+        "matched_boxes": [[list(cands[c].box) for c in strict_hits[k]] for k in range(n)],
         "accuracy": float((sum(satisfied) + sum(relations_correct)) / (n + len(relations_correct))),
         "detections": [d.to_dict() for d in cands],
     }

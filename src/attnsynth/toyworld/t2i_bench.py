@@ -113,23 +113,21 @@ def benchmark_prompts(n_subjects: int, n_prompts: int, *, seed_start: int = PROM
     return prompts
 
 
-def attention_on_objects(maps: torch.Tensor, groups: list, spec: Any, detections: list, *, min_confidence: float = 0.5) -> list[tuple[float, float]]:
+def attention_on_objects(maps: torch.Tensor, groups: list, spec: Any, verdict: dict[str, Any]) -> list[tuple[float, float]]:
     """``(share of attention inside the box, box share of the image)`` for every subject found in its colour.
 
     ``maps [steps, h, w, T]`` of one image; ``groups`` the token groups of ``spec.subjects`` in order;
-    ``detections`` the oracle's detections of the image (each used once; confident ones, as the oracle's score).
+    ``verdict`` the oracle's :func:`~attnsynth.toyworld.shapes.score` of the image, whose strict matches
+    (``matched_boxes``) say where each subject was found.
     """
     mean = maps.float().mean(dim=0)  # [h, w, T]
     height, width = mean.shape[:2]
-    used: set[int] = set()
     pairs = []
     for subject, group in zip(spec.subjects, groups):
-        obj = spec.objects[subject.object_index]
-        match = next((i for i, d in enumerate(detections) if i not in used and d.confidence >= min_confidence and d.shape == obj.shape and d.colour == obj.colour), None)
-        if match is None:
+        boxes = verdict["matched_boxes"][subject.object_index]
+        if not boxes:
             continue
-        used.add(match)
-        x0, y0, x1, y1 = detections[match].box
+        x0, y0, x1, y1 = boxes[0]
         c0, c1 = int(np.floor(x0 * width)), max(int(np.ceil(x1 * width)), int(np.floor(x0 * width)) + 1)
         r0, r1 = int(np.floor(y0 * height)), max(int(np.ceil(y1 * height)), int(np.floor(y0 * height)) + 1)
         subject_map = mean[:, :, list(group.token_indices)].sum(dim=-1)  # [h, w]
@@ -192,9 +190,8 @@ def run_benchmark(pipe, config: BenchConfig, *, on_batch: Callable[[str, int, in
                 seconds += time.perf_counter() - start
                 images = (np.clip(out.images, 0, 1) * 255).round().astype(np.uint8)  # [B, H, W, 3]
                 for b, (image, (_, spec, _)) in enumerate(zip(images, prompts)):
-                    detections = shapes.detect(image)
-                    score = shapes.score(image, spec, detections=detections)
-                    score["attention"] = attention_on_objects(out.attention_maps[:, b], groups[n][b], spec, detections)
+                    score = shapes.score(image, spec)
+                    score["attention"] = attention_on_objects(out.attention_maps[:, b], groups[n][b], spec, score)
                     scores.append(score)
                 if on_batch is not None:
                     on_batch(method, n, seed)
