@@ -36,7 +36,7 @@ def test_sis_section_on_a_saved_small_checkpoint(tmp_path):
 
 
 def test_t2i_section_on_a_tiny_pipeline(tmp_path):
-    from attnsynth.t2i import demo_page as t2i_demo
+    from attnsynth.shapes_t2i import demo_page as t2i_demo
     from attnsynth.t2i.testing import tiny_sd_pipeline
 
     pipe = tiny_sd_pipeline(seed=0)

@@ -17,7 +17,7 @@ from attnsynth.utils.io import atomic_save_png, atomic_write_text
 SECTIONS = [
     "attnsynth.toyworld.demo_page",
     "attnsynth.sis.demo_page",
-    "attnsynth.t2i.demo_page",
+    "attnsynth.shapes_t2i.demo_page",
 ]
 
 PAGE = """<!doctype html>

@@ -31,8 +31,8 @@ def toy_t2i_command(
     import torch
     from rich.console import Console
 
-    from attnsynth.toyworld.t2i_bench import BenchConfig, parse_counts, parse_loss_weights, parse_methods, results_table, run_benchmark
-    from attnsynth.toyworld.t2i_model import load_t2i_pipeline
+    from attnsynth.shapes_t2i.bench import BenchConfig, parse_counts, parse_loss_weights, parse_methods, results_table, run_benchmark
+    from attnsynth.shapes_t2i.model import load_t2i_pipeline
 
     if threads is not None:
         if threads < 1:

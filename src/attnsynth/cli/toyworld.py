@@ -79,8 +79,8 @@ def train_t2i_command(
     import json
     from dataclasses import replace
 
-    from attnsynth.toyworld.t2i_model import ToyT2IConfig
-    from attnsynth.toyworld.t2i_train import TrainConfig, train_t2i
+    from attnsynth.shapes_t2i.model import ToyT2IConfig
+    from attnsynth.shapes_t2i.train import TrainConfig, train_t2i
 
     config = TrainConfig(
         stage=stage, steps=steps, vae_steps=vae_steps, batch_size=batch_size, vae_batch_size=vae_batch_size, lr=lr, vae_lr=vae_lr,
@@ -100,7 +100,7 @@ def export_t2i_command(
     init_from: Path = typer.Option(None, "--init-from", help="The pipeline the run was warm-started from (its VAE)."),
 ) -> None:
     """Export a run's latest EMA weights as a pipeline, without training (safe while the run continues)."""
-    from attnsynth.toyworld.t2i_train import export_t2i
+    from attnsynth.shapes_t2i.train import export_t2i
 
     path = export_t2i(run, out, init_from=init_from, echo=typer.echo)
     typer.echo(f"exported pipeline to {path}")

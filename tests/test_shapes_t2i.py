@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from attnsynth.toyworld import shapes
-from attnsynth.toyworld.t2i_model import (
+from attnsynth.shapes_t2i.model import (
     ASSET_DIR,
     DEFAULTS_FILE,
     TINY_CONFIG,
@@ -18,7 +18,7 @@ from attnsynth.toyworld.t2i_model import (
     learn_merges,
     load_t2i_pipeline,
 )
-from attnsynth.toyworld.t2i_train import TrainConfig, export_t2i, load_optimizer, save_optimizer, train_t2i
+from attnsynth.shapes_t2i.train import TrainConfig, export_t2i, load_optimizer, save_optimizer, train_t2i
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_guided_generation_on_shipped_model_and_oracle(shipped):
 
 
 def test_benchmark_runs_every_method_on_the_same_prompts(shipped):
-    from attnsynth.toyworld.t2i_bench import BenchConfig, benchmark_prompts, results_markdown, run_benchmark
+    from attnsynth.shapes_t2i.bench import BenchConfig, benchmark_prompts, results_markdown, run_benchmark
 
     prompts = benchmark_prompts(3, 4)
     assert all(len({s.noun for s in spec.subjects}) == 3 for _, spec, _ in prompts)
@@ -168,7 +168,7 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path):
 
 
 def test_wsd_schedule_holds_the_rate_then_decays_linearly_to_the_floor():
-    from attnsynth.toyworld.t2i_train import learning_rate
+    from attnsynth.shapes_t2i.train import learning_rate
 
     config = TrainConfig(steps=1000, warmup_steps=100, lr_schedule="wsd", decay_steps=200, lr=1e-3)
     rate = [learning_rate(config, 1.0, step, config.steps, config.warmup_steps) for step in range(1001)]
@@ -185,8 +185,8 @@ def test_wsd_schedule_holds_the_rate_then_decays_linearly_to_the_floor():
 
 
 def test_min_snr_weighting_caps_low_noise_timesteps():
-    from attnsynth.toyworld.t2i_model import build_noise_scheduler
-    from attnsynth.toyworld.t2i_train import diffusion_loss
+    from attnsynth.shapes_t2i.model import build_noise_scheduler
+    from attnsynth.shapes_t2i.train import diffusion_loss
 
     scheduler = build_noise_scheduler(TINY_CONFIG)
     pred, target = torch.zeros(2, 4, 4, 4), torch.ones(2, 4, 4, 4)  # per-sample MSE = 1
@@ -200,8 +200,8 @@ def test_min_snr_weighting_caps_low_noise_timesteps():
 _DDP_T2I_SCRIPT = """
 import os, sys, time, torch
 torch.set_num_threads(1)
-import attnsynth.toyworld.t2i_train as t2i_train
-from attnsynth.toyworld.t2i_model import TINY_CONFIG
+import attnsynth.shapes_t2i.train as t2i_train
+from attnsynth.shapes_t2i.model import TINY_CONFIG
 # (no PartialState here: created without cpu=True first, it would pin every process to a non-distributed state)
 if os.environ["RANK"] == "1":  # this process's clock jumps 1000 s per reading: a checkpoint is always due here
     class FastClock:
@@ -239,7 +239,7 @@ def test_two_processes_agree_on_time_based_checkpoints(tmp_path):
 def test_benchmark_takes_the_models_recommended_settings_unless_overridden():
     from types import SimpleNamespace
 
-    from attnsynth.toyworld.t2i_bench import BenchConfig
+    from attnsynth.shapes_t2i.bench import BenchConfig
 
     pipe = SimpleNamespace(attnsynth_defaults={"num_inference_steps": 30, "guidance_scale": 2.5, "attention_res": [8, 8],
                                                "guided_steps": 10, "step_size": 12.0, "height": 64})
@@ -256,7 +256,7 @@ def test_benchmark_takes_the_models_recommended_settings_unless_overridden():
 
 
 def test_validation_and_test_prompts_are_disjoint_and_outside_training():
-    from attnsynth.toyworld.t2i_bench import BenchConfig, benchmark_prompts, parse_loss_weights
+    from attnsynth.shapes_t2i.bench import BenchConfig, benchmark_prompts, parse_loss_weights
 
     validation, test = BenchConfig(split="validation"), BenchConfig()
     assert test.split == "test" and validation.prompt_seed_start != test.prompt_seed_start
@@ -288,7 +288,7 @@ def test_shipped_model_draws_what_single_subject_prompts_ask_for(shipped):
 
 
 def test_subject_token_positions_point_at_the_subject_words(shipped):
-    from attnsynth.toyworld.t2i_grounding import subject_token_positions
+    from attnsynth.shapes_t2i.grounding import subject_token_positions
 
     tokenizer = shipped.tokenizer
     for seed in range(40):
@@ -301,7 +301,7 @@ def test_subject_token_positions_point_at_the_subject_words(shipped):
 
 
 def test_grounding_loss_is_the_attention_share_outside_each_object():
-    from attnsynth.toyworld.t2i_grounding import GroundingTargets, grounding_loss
+    from attnsynth.shapes_t2i.grounding import GroundingTargets, grounding_loss
 
     mask = torch.zeros(4, 4)
     mask[:2, :2] = 1.0  # the object covers the top-left quarter
@@ -331,7 +331,7 @@ def test_trainer_with_grounding_trains_and_logs_it(tmp_path):
 def test_attention_on_objects_measures_whether_subject_maps_sit_on_their_objects():
     from attnsynth.t2i.subjects import SubjectGroup
     from attnsynth.toyworld.shapes_oracle import Detection
-    from attnsynth.toyworld.t2i_bench import attention_on_objects
+    from attnsynth.shapes_t2i.bench import attention_on_objects
 
     spec = shapes.spec_from_prompt("a red circle and a blue square")
     groups = [SubjectGroup("circle", (3,)), SubjectGroup("square", (6,))]
@@ -354,7 +354,7 @@ def test_every_process_passes_the_same_barriers_when_loading_the_tokenizer(tmp_p
     # every process has looked, or a slower one skips the barrier main waits in (a hang, seen on a fresh run).
     from types import SimpleNamespace
 
-    from attnsynth.toyworld.t2i_train import Trainer
+    from attnsynth.shapes_t2i.train import Trainer
 
     def saved_at_each_barrier(run_dir, is_main):
         seen = []

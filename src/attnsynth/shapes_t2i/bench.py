@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from attnsynth.toyworld.t2i_model import TOY_T2I_DEFAULTS
+from attnsynth.shapes_t2i.model import TOY_T2I_DEFAULTS
 
 __all__ = ["BenchConfig", "METHODS", "SPLITS", "benchmark_prompts", "parse_counts", "parse_loss_weights", "parse_methods", "results_markdown", "results_table",
            "run_benchmark"]

@@ -2,7 +2,7 @@
 
 A small latent diffusion model in the standard diffusers layout (CLIPTokenizer, CLIPTextModel,
 AutoencoderKL, UNet2DConditionModel, a scheduler) trained from scratch on shapes-world captions
-by :mod:`attnsynth.toyworld.t2i_train`. Everything here builds offline from configs; the trained
+by :mod:`attnsynth.shapes_t2i.train`. Everything here builds offline from configs; the trained
 weights ship in ``attnsynth/assets/toy_t2i`` and load with :func:`load_t2i_pipeline`.
 """
 

@@ -42,7 +42,7 @@ def render(out_dir: Path, *, pipe=None, prompts=PROMPTS, seeds: tuple[int, ...] 
     """Write unguided/guided images and attention figures into ``out_dir``; return the section's HTML."""
     from attnsynth.t2i import AttentionGuidedStableDiffusionPipeline, recommended_for
     from attnsynth.toyworld import shapes
-    from attnsynth.toyworld import load_t2i_pipeline
+    from attnsynth.shapes_t2i import load_t2i_pipeline
 
     base = pipe if pipe is not None else load_t2i_pipeline()
     guided_pipe = AttentionGuidedStableDiffusionPipeline.from_pipe(base)

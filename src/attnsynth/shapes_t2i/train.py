@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attnsynth.toyworld.t2i_model import (
+from attnsynth.shapes_t2i.model import (
     TOY_T2I_DEFAULTS,
     ToyT2IConfig,
     assemble_pipeline,
@@ -47,7 +47,7 @@ from attnsynth.toyworld.t2i_model import (
     save_pipeline,
 )
 from attnsynth.attention.capture import AttentionCapture
-from attnsynth.toyworld.t2i_grounding import grounding_loss, grounding_targets
+from attnsynth.shapes_t2i.grounding import grounding_loss, grounding_targets
 from attnsynth.utils.distributed import make_accelerator
 from attnsynth.utils.io import atomic_directory, atomic_save_png, atomic_write_json, read_json
 
@@ -76,7 +76,7 @@ class TrainConfig:
     kl_weight: float = 1e-4  # per latent element
     caption_dropout: float = 0.1  # share of empty captions (classifier-free guidance)
     snr_gamma: float | None = 5.0  # Min-SNR-γ loss weighting (Hang et al. 2023; converges faster); None = plain MSE
-    grounding_weight: float = 0.0  # weight of the token-grounding loss (attnsynth.toyworld.t2i_grounding); 0 = off
+    grounding_weight: float = 0.0  # weight of the token-grounding loss (attnsynth.shapes_t2i.grounding); 0 = off
     grounding_res: int = 16  # grid of the cross-attention layers it grounds (the guided pipeline's attention_res)
     ema_decay: float = 0.999  # EMA ceiling; warm-up 1 − (1 + step)^(−2/3) below it
     seed: int = 0
