@@ -103,6 +103,52 @@ def test_benchmark_runs_every_method_on_the_same_prompts(shipped):
                                            guided_steps=1, loss_weights=(("isolation", float("nan")),)))
 
 
+def test_wilson_interval_and_box_iou():
+    from attnsynth.shapes_t2i.bench import box_iou, wilson_interval
+
+    lo, hi = wilson_interval(32, 64)
+    assert lo < 0.5 < hi and abs((lo + hi) / 2 - 0.5) < 1e-9 and 0.37 < lo < 0.39  # 0.5 ± 0.12 at n = 64
+    assert wilson_interval(0, 10)[0] == 0.0 and 0.0 < wilson_interval(0, 10)[1] < 0.35  # never below 0, not degenerate
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(10, 10)[0] > 0.65
+    assert box_iou((0, 0, 0.5, 0.5), (0, 0, 0.5, 0.5)) == pytest.approx(1.0)
+    assert box_iou((0, 0, 0.5, 0.5), (0.25, 0, 0.75, 0.5)) == pytest.approx(1 / 3)
+    assert box_iou((0, 0, 0.2, 0.2), (0.5, 0.5, 1, 1)) == 0.0
+
+
+def test_requested_boxes_are_renderer_layouts_and_layout_ious_read_the_oracle():
+    from attnsynth.shapes_t2i.bench import benchmark_prompts, layout_ious, requested_boxes
+    from attnsynth.toyworld.shapes_draw import GAP
+
+    (_, spec, seed), = benchmark_prompts(3, 1)
+    boxes = requested_boxes(spec, seed)
+    assert set(boxes) == {s.noun for s in spec.subjects} and boxes == requested_boxes(spec, seed)  # deterministic
+    values = list(boxes.values())
+    for i, a in enumerate(values):
+        assert 0.0 <= a[0] < a[2] <= 1.0 and 0.0 <= a[1] < a[3] <= 1.0
+        for b in values[i + 1:]:  # the renderer keeps objects apart
+            assert max(b[0] - a[2], a[0] - b[2], b[1] - a[3], a[1] - b[3]) >= GAP - 1e-9
+    first = spec.subjects[0]
+    verdict = {"matched_boxes": [[] for _ in spec.objects]}
+    verdict["matched_boxes"][first.object_index] = [list(boxes[first.noun])]
+    assert layout_ious(spec, boxes, verdict) == pytest.approx([1.0, 0.0, 0.0])  # found exactly in its box; the others missing
+
+
+def test_layout_benchmark_scores_boxes(shipped):
+    from attnsynth.shapes_t2i.bench import BenchConfig, results_markdown, run_benchmark
+
+    config = BenchConfig(n_prompts=1, n_seeds=1, subject_counts=(2,), methods=("none", "layout+ait2i"), num_inference_steps=3,
+                         guided_steps=1, step_size=1.0, layout=True)
+    results = run_benchmark(shipped, config)
+    for per_n in results["methods"].values():
+        r = per_n["2"]
+        assert 0.0 <= r["box_iou"] <= 1.0 and 0.0 <= r["in_box"] <= 1.0 and r["all_present_ci"][0] <= r["all_present"] <= r["all_present_ci"][1]
+    assert "box IoU" in results_markdown(results)
+    with pytest.raises(ValueError, match="with --layout"):
+        BenchConfig(methods=("ait2i",), layout=True)
+    with pytest.raises(ValueError, match="methods"):
+        BenchConfig(methods=("layout",))
+
+
 def _tiny(**overrides):
     base = dict(steps=2, vae_steps=2, batch_size=2, vae_batch_size=2, warmup_steps=0, vae_warmup_steps=0, lr_schedule="constant",
                 sample_every=0, log_every=1, threads=1, model=TINY_CONFIG)
