@@ -42,10 +42,24 @@ def test_t2i_section_on_a_tiny_pipeline(tmp_path):
     pipe = tiny_sd_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)
     pipe.attnsynth_defaults = {"num_inference_steps": 4, "guided_steps": 2, "step_size": 20.0}
-    html = t2i_demo.render(tmp_path, pipe=pipe, prompts=(("a red circle and a blue square", ["circle", "square"]),), seeds=(0,))
+    prompts = t2i_demo.demo_prompts((2,))
+    assert prompts == t2i_demo.demo_prompts((2,))  # a rule, not a pick: the first validation prompt
+    html = t2i_demo.render(tmp_path, pipe=pipe, prompts=prompts, seeds=(0,))
     names = _referenced_files_exist(html, tmp_path)
-    assert {"t2i_0_0_plain.png", "t2i_0_0_guided.png", "t2i_0_0_attention.png"} <= set(names)
-    assert "unguided" in html and "AI-T2I" in html
+    assert {"t2i_0_none.png", "t2i_0_attend-excite.png", "t2i_0_ait2i.png", "t2i_0_attention.png",
+            "t2i_layout_none.png", "t2i_layout_layout+ait2i.png"} <= set(names)
+    assert "unguided" in html and "AI-T2I" in html and "Attend-and-Excite" in html and "box IoU" in html
+
+
+def test_draw_boxes_outlines_each_box():
+    import numpy as np
+
+    from attnsynth.shapes_t2i.demo_page import SCALE, draw_boxes
+
+    image = np.full((16, 16, 3), 255, np.uint8)
+    drawn = draw_boxes(image, {"circle": (0.0, 0.0, 0.5, 0.5)})
+    assert drawn.shape == (16 * SCALE, 16 * SCALE, 3)
+    assert tuple(drawn[10, 0]) != (255, 255, 255) and tuple(drawn[40, 40]) == (255, 255, 255)  # the edge is drawn, outside is not
 
 
 def test_shipped_sis_checkpoint_loads_offline_and_uses_the_given_style():

@@ -35,8 +35,8 @@ import torch
 
 from attnsynth.shapes_t2i.model import TOY_T2I_DEFAULTS
 
-__all__ = ["BenchConfig", "LAYOUT_METHODS", "METHODS", "SPLITS", "benchmark_prompts", "box_iou", "layout_ious", "parse_counts", "parse_loss_weights",
-           "parse_methods", "requested_boxes", "results_markdown", "results_table", "run_benchmark", "wilson_interval"]
+__all__ = ["BenchConfig", "LAYOUT_METHODS", "METHODS", "SPLITS", "benchmark_prompts", "box_iou", "layout_ious", "method_loss_weights", "parse_counts", "parse_loss_weights",
+           "parse_methods", "pipeline_method", "requested_boxes", "results_markdown", "results_table", "run_benchmark", "wilson_interval"]
 
 METHODS = ("none", "attend-excite", "divide-bind", "ait2i")
 #: Methods of the layout benchmark: unguided, the box loss, and the box loss plus the AI-T2I terms.
@@ -94,7 +94,7 @@ class BenchConfig:
             from attnsynth.t2i.losses import DEFAULT_WEIGHTS
 
             for method in self.methods:
-                terms = DEFAULT_WEIGHTS.get(_pipeline_method(method), {})
+                terms = DEFAULT_WEIGHTS.get(pipeline_method(method), {})
                 unknown = sorted({term for term, _ in self.loss_weights} - set(terms)) if method != "none" else []
                 if unknown:
                     raise ValueError(f"--loss-weights term(s) {', '.join(unknown)} unknown for method {method}; "
@@ -108,12 +108,12 @@ class BenchConfig:
             raise ValueError(f"guided_steps ({self.guided_steps}) must be <= num_inference_steps ({self.num_inference_steps})")
 
 
-def _pipeline_method(method: str) -> str:
+def pipeline_method(method: str) -> str:
     """The pipeline's ``method=`` for a benchmark method name (``layout+ait2i`` runs the layout method)."""
     return "layout" if method == "layout+ait2i" else method
 
 
-def _method_weights(method: str, overrides: tuple[tuple[str, float], ...]) -> dict[str, float] | None:
+def method_loss_weights(method: str, overrides: tuple[tuple[str, float], ...]) -> dict[str, float] | None:
     """Loss weights passed to the pipeline: the preset of ``layout+ait2i``, then the user's overrides."""
     weights = dict(_AIT2I_PLUS_BOX) if method == "layout+ait2i" else {}
     weights.update(dict(overrides))
@@ -259,9 +259,9 @@ def run_benchmark(pipe, config: BenchConfig, *, on_batch: Callable[[str, int, in
                 generators = [torch.Generator(device="cpu").manual_seed(1000 * seed + i) for i in range(len(prompts))]
                 kwargs: dict[str, Any] = {}
                 if method != "none":
-                    kwargs = dict(method=_pipeline_method(method), subjects=[[s.noun for s in spec.subjects] for _, spec, _ in prompts],
+                    kwargs = dict(method=pipeline_method(method), subjects=[[s.noun for s in spec.subjects] for _, spec, _ in prompts],
                                   guided_steps=config.guided_steps, step_size=recommended_for(config.__dict__, "step_size", method),
-                                  loss_weights=_method_weights(method, config.loss_weights))
+                                  loss_weights=method_loss_weights(method, config.loss_weights))
                     if config.layout:
                         kwargs["boxes"] = boxes[n] if len(prompts) > 1 else boxes[n][0]  # one prompt: its dict
                 start = time.perf_counter()
