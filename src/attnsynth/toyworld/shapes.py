@@ -7,6 +7,8 @@ that holds the truth: each subject's shape, colour, count and boxes, the spatial
 the character spans of every noun and colour word in the caption.
 
 * :func:`render` draws scene ``seed`` at any resolution (32–512; same layout at every size).
+* :func:`render_objects` draws given subjects (e.g. the novel heart, which :func:`render` never
+  draws: ``NOVEL_SHAPES`` are outside the training captions) in a random layout and appearance.
 * :func:`sample_prompt` / :func:`spec_from_prompt` make and parse prompts without images.
 * :func:`detect` / :func:`score` (the oracle, :mod:`attnsynth.toyworld.shapes_oracle`) read
   shapes, colours and boxes back from any image, e.g. a model's output, and check a spec.
@@ -18,13 +20,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from attnsynth.toyworld.shapes_draw import draw, object_masks, sample_background, sample_instances, sample_layout
 from attnsynth.toyworld.shapes_grammar import (
+    ALL_SHAPES,
     COLOURS,
+    NOVEL_SHAPES,
     RELATION_PHRASES,
     RELATIONS,
     SHAPES,
@@ -38,11 +42,13 @@ from attnsynth.toyworld.shapes_grammar import (
     spec_from_prompt,
     vocabulary,
 )
-from attnsynth.toyworld.shapes_oracle import Detection, detect, score
+from attnsynth.toyworld.shapes_oracle import Detection, detect, score, shapes_for
 from attnsynth.utils.io import atomic_directory, png_bytes
 
 __all__ = [
+    "ALL_SHAPES",
     "COLOURS",
+    "NOVEL_SHAPES",
     "RELATIONS",
     "RELATION_PHRASES",
     "SHAPES",
@@ -57,8 +63,10 @@ __all__ = [
     "object_masks",
     "read_export",
     "render",
+    "render_objects",
     "sample_prompt",
     "score",
+    "shapes_for",
     "spec_from_prompt",
     "vocabulary",
 ]
@@ -99,6 +107,30 @@ def render(seed: int, resolution: int = 64) -> ShapesScene:
     objects, relations = sample_objects(rng)
     caption, subjects = compose_caption(rng, objects, relations)
     boxes = sample_layout(rng, objects, relations)
+    instances = sample_instances(rng, objects, boxes)
+    background = sample_background(rng)
+    image = draw(instances, background, resolution, rng)
+    placed = tuple(ObjectSpec(shape=o.shape, colour=o.colour, count=o.count, boxes=b) for o, b in zip(objects, boxes))
+    return ShapesScene(image=image, caption=caption, spec=Spec(objects=placed, relations=tuple(relations), subjects=subjects))
+
+
+def render_objects(
+    objects: Sequence[ObjectSpec], seed: int, resolution: int = 64, relations: Sequence[tuple[int, str, int]] = ()
+) -> ShapesScene:
+    """Draw the given subjects (shape, colour, count; boxes ignored) like :func:`render` draws its own.
+
+    Caption words, layout, appearance and noise come from ``Generator(PCG64(seed))`` in
+    :func:`render`'s order. This is how scenes with a novel shape (``NOVEL_SHAPES``) are made,
+    e.g. the training images of a textual-inversion concept.
+    """
+    seed, resolution = _check_seed(seed), _check_resolution(resolution)
+    objects = [ObjectSpec(shape=o.shape, colour=o.colour, count=o.count) for o in objects]
+    if not objects:
+        raise ValueError("objects must hold at least one ObjectSpec, got none")
+    relations = [tuple(r) for r in relations]
+    rng = np.random.Generator(np.random.PCG64(seed))
+    caption, subjects = compose_caption(rng, objects, relations)  # type: ignore[arg-type]
+    boxes = sample_layout(rng, objects, relations)  # type: ignore[arg-type]
     instances = sample_instances(rng, objects, boxes)
     background = sample_background(rng)
     image = draw(instances, background, resolution, rng)

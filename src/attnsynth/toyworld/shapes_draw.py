@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from attnsynth.toyworld.shapes_grammar import COLOURS, RELATIONS, SHAPES, Box, ObjectSpec
+from attnsynth.toyworld.shapes_grammar import ALL_SHAPES, COLOURS, RELATIONS, Box, ObjectSpec
 
 MIN_SIZE = 0.2  # smallest object side (the longer side of its box), as a fraction of the image
 MAX_SIZE = {1: 0.6, 2: 0.45, 3: 0.38, 4: 0.34}  # largest side, by number of instances in the scene
@@ -26,6 +26,7 @@ TEXTURE_PROB = 0.35  # share of objects drawn with two-tone stripes or dots
 
 STAR_INNER = 0.48  # inner / outer radius of the five-pointed star
 CROSS_ARM = 0.36  # half-width of the cross's arms, in its [-1, 1] box
+HEART_VERTICES = 48  # polygon vertices of the (novel) heart outline
 
 
 def _star_polygon() -> np.ndarray:
@@ -41,6 +42,18 @@ def _cross_polygon() -> np.ndarray:
     return np.array([(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a)], float)
 
 
+def _heart_outline() -> np.ndarray:
+    """The classic heart curve x = 16 sin³t, y = −(13 cos t − 5 cos 2t − 2 cos 3t − cos 4t), y down: [V, 2]."""
+    t = np.linspace(0.0, 2.0 * np.pi, HEART_VERTICES, endpoint=False)
+    return np.stack([16 * np.sin(t) ** 3, -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))], axis=1)
+
+
+def _heart_polygon() -> np.ndarray:
+    pts = _heart_outline()
+    lo, hi = pts.min(0), pts.max(0)
+    return 2.0 * (pts - lo) / (hi - lo) - 1.0
+
+
 #: Outline of each shape in its tight box [-1, 1]² (y down); the circle is the unit disc.
 POLYGONS: dict[str, np.ndarray | None] = {
     "circle": None,
@@ -49,9 +62,10 @@ POLYGONS: dict[str, np.ndarray | None] = {
     "star": _star_polygon(),
     "cross": _cross_polygon(),
     "diamond": np.array([(0, -1), (1, 0), (0, 1), (-1, 0)], float),
+    "heart": _heart_polygon(),  # novel: never in training captions (shapes_grammar.NOVEL_SHAPES)
 }
 
-#: Width / height of each shape's box (upright equilateral triangle, regular star, tall diamond).
+#: Width / height of each shape's box (upright equilateral triangle, regular star, tall diamond, the heart curve's own).
 ASPECT: dict[str, float] = {
     "circle": 1.0,
     "square": 1.0,
@@ -59,8 +73,9 @@ ASPECT: dict[str, float] = {
     "star": (2 * math.sin(math.radians(72))) / (1 + math.cos(math.radians(36))),
     "cross": 1.0,
     "diamond": 0.75,
+    "heart": float(np.ptp(_heart_outline()[:, 0]) / np.ptp(_heart_outline()[:, 1])),
 }
-assert set(POLYGONS) == set(ASPECT) == set(SHAPES)
+assert set(POLYGONS) == set(ASPECT) == set(ALL_SHAPES)
 
 # Non-horizontal polygon edges (xa, ya, xb, yb), the only ones the crossing rule needs.
 _EDGES = {

@@ -27,6 +27,9 @@ Detection (:func:`detect`)
        against the shape's own proportions (two merged blobs do not pass for one wide square).
        Blobs larger than ``FIT_SIZE`` px are block-averaged down first. Everything is in the
        blob's own units, so it works at any scale, and tolerates stretched or tilted shapes.
+       The candidates are the training shapes (``SHAPES``) unless ``shapes`` says otherwise;
+       :func:`score` adds the novel shapes (``NOVEL_SHAPES``, e.g. the heart) its spec names,
+       so results on specs without them are exactly those of the training shapes alone.
 
 Scoring (:func:`score`)
     Each subject with count c gives c slots. Detections with ``confidence ≥ min_confidence``
@@ -54,7 +57,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 from attnsynth.toyworld.shapes_draw import ASPECT, box_coverage, shape_coverage
-from attnsynth.toyworld.shapes_grammar import COLOURS, SHAPES, Box, Spec
+from attnsynth.toyworld.shapes_grammar import ALL_SHAPES, COLOURS, SHAPES, Box, Spec
 
 FIT_SIZE = 40  # blobs are compared with drawn shapes at most this many pixels across
 HUE_SPLIT_DEG = 15.0  # two hue groups this far apart in one component are two objects
@@ -159,7 +162,7 @@ def _shape_moments(shape: str, size: int = 128) -> tuple[float, float, float, fl
     return mx - 0.5, my - 0.5, vx, vy
 
 
-_MOMENTS = {s: _shape_moments(s) for s in SHAPES}
+_MOMENTS = {s: _shape_moments(s) for s in ALL_SHAPES}
 
 
 def _blur_matrix(n: int, sigma: float) -> np.ndarray:
@@ -173,7 +176,18 @@ def _blur_matrix(n: int, sigma: float) -> np.ndarray:
     return np.where(np.abs(offset) <= radius, taps[np.clip(offset + radius, 0, 2 * radius)], 0.0)
 
 
-def fit_shape(alpha: np.ndarray, *, smooth: float = 0.0) -> tuple[str, float, Box]:
+def _check_shapes(shapes: Sequence[str] | None) -> tuple[str, ...]:
+    """The candidate shapes for detection: ``SHAPES`` for None, else known names in the given order."""
+    if shapes is None:
+        return SHAPES
+    shapes = tuple(shapes)
+    unknown = [s for s in shapes if s not in ALL_SHAPES]
+    if not shapes or unknown:
+        raise ValueError(f"shapes must be a non-empty list from {', '.join(ALL_SHAPES)}, got {list(shapes)!r}")
+    return shapes
+
+
+def fit_shape(alpha: np.ndarray, *, smooth: float = 0.0, shapes: Sequence[str] | None = None) -> tuple[str, float, Box]:
     """Best shape for a soft coverage map holding one object: ``(shape, confidence, box in pixels)``.
 
     The shape with the best soft IoU wins; confidence = that IoU × min(r, 1/r), r being how much
@@ -181,7 +195,9 @@ def fit_shape(alpha: np.ndarray, *, smooth: float = 0.0) -> tuple[str, float, Bo
     pass for one wide square).
     ``alpha`` [h, w] in [0, 1] should leave a margin of ≥ 2 px around the object; ``smooth`` is
     the Gaussian σ (px) already applied to it, which the drawn candidates receive too.
+    ``shapes`` are the candidates (None: the training shapes ``SHAPES``).
     """
+    candidates = _check_shapes(shapes)
     factor = max(1, int(np.ceil(max(alpha.shape) / FIT_SIZE)))
     if factor > 1:  # block-average big blobs down to at most FIT_SIZE px
         ph, pw = -alpha.shape[0] % factor, -alpha.shape[1] % factor
@@ -198,8 +214,8 @@ def fit_shape(alpha: np.ndarray, *, smooth: float = 0.0) -> tuple[str, float, Bo
     vy = (alpha.sum(1) * (ys - cy) ** 2).sum() / mass + 1 / 12
     sigma = smooth / factor
     blur_rows, blur_cols = _blur_matrix(h, sigma), _blur_matrix(w, sigma)  # [h, h], [w, w]
-    best: tuple[float, str, Box] = (-1.0, SHAPES[0], (0.0, 0.0, 1.0, 1.0))
-    for shape in SHAPES:
+    best: tuple[float, str, Box] = (-1.0, candidates[0], (0.0, 0.0, 1.0, 1.0))
+    for shape in candidates:
         ox, oy, kx, ky = _MOMENTS[shape]
         bw, bh = np.sqrt(max(vx - sigma**2, 0.05) / kx), np.sqrt(max(vy - sigma**2, 0.05) / ky)
         x0, y0 = cx - ox * bw - bw / 2, cy - oy * bh - bh / 2
@@ -230,8 +246,15 @@ def _split_by_hue(comp: np.ndarray, hue: np.ndarray, chroma: np.ndarray, min_pix
     return [comp & nearer_a, comp & ~nearer_a]
 
 
-def detect(image: Any, *, min_area: float = 0.003, gate: float = 0.2, smooth: float = 0.6) -> list[Detection]:
-    """Find coloured shapes in ``image`` (steps in the module docstring); sorted by box (top, left)."""
+def detect(
+    image: Any, *, min_area: float = 0.003, gate: float = 0.2, smooth: float = 0.6, shapes: Sequence[str] | None = None
+) -> list[Detection]:
+    """Find coloured shapes in ``image`` (steps in the module docstring); sorted by box (top, left).
+
+    ``shapes``: the shapes a blob may be read as (None: the training shapes ``SHAPES``; pass
+    ``ALL_SHAPES`` to include the novel ones).
+    """
+    candidates = _check_shapes(shapes)
     rgb = as_float_image(image)  # [H, W, 3]
     if not 0.0 <= min_area < 1.0:
         raise ValueError(f"min_area must be in [0, 1), got {min_area}")
@@ -281,7 +304,7 @@ def detect(image: Any, *, min_area: float = 0.003, gate: float = 0.2, smooth: fl
                     continue
                 rim = ndimage.binary_dilation(blob, iterations=2) & ((blobs == 0) | blob)
                 soft = np.where(rim, alpha, 0.0)
-                shape, confidence, (bx0, by0, bx1, by1) = fit_shape(soft, smooth=smooth)
+                shape, confidence, (bx0, by0, bx1, by1) = fit_shape(soft, smooth=smooth, shapes=candidates)
                 box = (
                     float(np.clip((xs.start + bx0) / width, 0, 1)),
                     float(np.clip((ys.start + by0) / height, 0, 1)),
@@ -318,6 +341,12 @@ def _assign(cost: np.ndarray) -> list[tuple[int, int]]:
     return [(int(r), int(c)) for r, c in zip(rows, cols) if cost[r, c] < _BIG / 2]
 
 
+def shapes_for(spec: Spec) -> tuple[str, ...]:
+    """Candidate shapes for checking ``spec``: the training shapes, plus the novel shapes it names."""
+    named = {o.shape for o in spec.objects}
+    return SHAPES + tuple(s for s in ALL_SHAPES if s not in SHAPES and s in named)
+
+
 def score(image: Any, spec: Spec, *, detections: Sequence[Detection] | None = None, min_confidence: float = 0.5) -> dict[str, Any]:
     """Check ``spec`` against what :func:`detect` finds in ``image`` (matching rules in the module docstring).
 
@@ -327,11 +356,12 @@ def score(image: Any, spec: Spec, *, detections: Sequence[Detection] | None = No
     subjects whose shape is present; None if there are none) and ``relations_rate``,
     ``extra_objects``, ``accuracy`` (satisfied subjects + correct relations over their number),
     per object the ``matched_boxes`` of its strict matches, and the ``detections`` used (as dicts).
-    Pass ``detections`` to skip detection.
+    Pass ``detections`` to skip detection. Detection reads blobs as the training shapes plus any
+    novel shape the spec names (:func:`shapes_for`).
     """
     if not isinstance(spec, Spec):
         raise ValueError(f"spec must be a shapes Spec (e.g. from spec_from_prompt), got {type(spec).__name__}")
-    dets = list(detect(image) if detections is None else detections)
+    dets = list(detect(image, shapes=shapes_for(spec)) if detections is None else detections)
     cands = [d for d in dets if d.confidence >= min_confidence]
     slots = [k for k, obj in enumerate(spec.objects) for _ in range(obj.count)]
     conf = np.array([d.confidence for d in cands])[None, :] if cands else np.zeros((1, 0))
