@@ -34,12 +34,25 @@ def _small(arch="small", resolution=(32, 32), **overrides):
 
 
 # ---- sizes -----------------------------------------------------------------------------------------
-def test_faithful_parameter_counts_match_the_papers_code():
+# The authors' CelebA model (TFonta/CA2SIS, --exclude_bg): counts of their RGB_model / MultiscaleDiscriminator,
+# built from their code in a scratch directory (G's state dict: 77,229,243 values incl. the mapping network).
+AUTHORS_COUNTS = {"style_encoder": 18_069_304, "mask_embedder": 4_194_560, "decoder": 26_721_155,
+                  "discriminator": 1_364_098, "mapping_network": 28_244_224}
+
+
+def test_faithful_parameter_counts_equal_the_authors_code():
     counts = parameter_counts(get_config("faithful", num_classes=19, resolution=256))
-    reference = {"style_encoder": 18.07e6, "mask_embedder": 4.19e6, "decoder": 26.7e6, "discriminator": 1.36e6}
-    for name, value in reference.items():
-        assert abs(counts[name] - value) / value < 0.03, (name, counts[name])
-    assert counts["total"] == sum(counts[name] for name in reference)
+    assert {k: counts[k] for k in AUTHORS_COUNTS} == AUTHORS_COUNTS
+    assert counts["total"] == sum(AUTHORS_COUNTS.values())
+    generator = counts["style_encoder"] + counts["mask_embedder"] + counts["decoder"] + counts["mapping_network"]
+    assert generator == 77_229_243
+
+
+def test_cli_info_prints_the_authors_counts():
+    result = CliRunner().invoke(app, ["sis", "info", "--config", "faithful", "--classes", "19", "--resolution", "256", "--json"])
+    assert result.exit_code == 0, result.output
+    counts = json.loads(result.output)
+    assert counts["decoder"] == 26_721_155 and counts["mapping_network"] == 28_244_224
 
 
 def test_small_config_is_cpu_sized():
@@ -56,7 +69,7 @@ def test_cli_info_json_reports_every_module():
     result = CliRunner().invoke(app, ["sis", "info", "--config", "small", "--classes", "5", "--resolution", "64x128", "--json"])
     assert result.exit_code == 0, result.output
     counts = json.loads(result.output)
-    assert set(counts) == {"style_encoder", "mask_embedder", "decoder", "discriminator", "total"}
+    assert set(counts) == {"style_encoder", "mask_embedder", "decoder", "discriminator", "mapping_network", "total"}
     assert counts == parameter_counts(get_config("small", num_classes=5, resolution=(64, 128)))
 
 
@@ -91,7 +104,7 @@ def test_shapes_square_and_non_square(arch, resolution):
     assert style.shape == (2, C, cfg.style_dim)
     assert out.shape == (2, 3, *resolution) and out.abs().max() <= 1
     if arch == "small":
-        assert shape.shape == (2, C, cfg.shape_dim)
+        assert shape.shape == (2, C - 1, cfg.shape_dim)  # no background shape token (the authors' --exclude_bg)
         assert [tuple(x.shape) for x in logits] == [(2, C, h, w) for h, w in cfg.stage_sizes]
         assert cfg.stage_sizes[-1] == resolution
     else:  # the SPADE baseline: the shape is the mask itself, and there is no attention
@@ -143,19 +156,50 @@ def test_absent_class_gets_the_learned_constant_token():
     assert not torch.allclose(style[0, 2], model.absent_tokens()[2])  # present classes are not the constant
 
 
-def test_style_groups_stay_class_aligned_through_skip_concatenation():
-    """Perturbing class g's weights in an early decoder level changes only class g's token."""
-    model = _small()
+def _classes_changed_by_perturbing_group(model, g):
+    """Which classes' tokens change when class g's filters of the first decoder level change."""
     image, onehot = _batch((32, 32))
     with torch.no_grad():
         before = model.encode_style(image, onehot)
         conv = model.style_encoder.up[0][0]
         per_class = conv.out_channels // C
-        g = 1
         conv.weight[g * per_class:(g + 1) * per_class].add_(0.5)
         after = model.encode_style(image, onehot)
-    changed = (after - before).abs().amax(dim=(0, 2)) > 1e-6
-    assert changed.tolist() == [c == g for c in range(C)]
+    return ((after - before).abs().amax(dim=(0, 2)) > 1e-6).tolist()
+
+
+def test_official_skip_concat_mixes_neighbouring_classes_like_the_authors_code():
+    """Channel concat before a grouped conv: group g of the next level reads classes 2g and 2g+1, so class 5's
+    change reaches class 2 at level 1 and class 1 at level 2 (the small config has 3 levels)."""
+    changed = _classes_changed_by_perturbing_group(_small(), 5)
+    assert changed == [c in (5, 2, 1) for c in range(C)]
+
+
+def test_class_aligned_variant_keeps_groups_per_class():
+    """The opt-in variant concatenates skips per class: class g's change stays in class g's token."""
+    changed = _classes_changed_by_perturbing_group(_small(style_variant="class-aligned"), 1)
+    assert changed == [c == 1 for c in range(C)]
+
+
+def test_pooling_mask_nearest_drops_a_tiny_class_at_coarse_levels():
+    """Official: nearest-resized 0/1 mask, so a 1-pixel class pools nothing at 4², 8² and gets the absent token's
+    part there; the class-aligned variant area-pools and keeps a fractional weight."""
+    labels = torch.zeros(1, 32, 32, dtype=torch.long)
+    labels[0, 8:24, 8:24] = 1
+    labels[0, 1, 1] = 2  # one pixel: never sampled by nearest resizing to 4², 8² or 16²
+    onehot = labels_to_onehot(labels, C)
+    image = torch.rand(1, 3, 32, 32) * 2 - 1
+    dim = get_config("small", num_classes=C, resolution=32).style_level_dim
+    for variant, expect_absent in (("official", True), ("class-aligned", False)):
+        model = _small(style_variant=variant)
+        with torch.no_grad():
+            for bias in model.style_encoder.proj_bias:
+                bias.normal_()
+            token = model.encode_style(image, onehot)[0, 2]
+        absent = model.absent_tokens()[2]
+        for level in range(model.config.style_levels):
+            part = slice(level * dim, (level + 1) * dim)
+            assert torch.allclose(token[part], absent[part], atol=1e-6) == expect_absent, (variant, level)
 
 
 def test_shape_tokens_are_linear_in_the_mask():
@@ -176,13 +220,23 @@ def test_swapping_a_mask_channel_swaps_its_shape_token():
     swapped[:, k] = m2[:, k]
     with torch.no_grad():
         e1, e2, es = model.embed_shape(m1), model.embed_shape(m2), model.embed_shape(swapped)
+    token = model.mask_embedder.kept_classes.index(k)  # background has no token: class k is token k - 1
     expected = e1.clone()
-    expected[:, k] = e2[:, k]
+    expected[:, token] = e2[:, token]
     assert torch.allclose(es, expected, atol=1e-6)
 
 
-def test_drop_background_removes_one_shape_token():
-    model = _small(drop_background=True)
+def test_keeping_the_background_shape_token_is_an_option():
+    model = _small(drop_background=False)
+    _, onehot = _batch((32, 32))
+    with torch.no_grad():
+        assert model.embed_shape(onehot).shape[1] == C
+    assert model.generator.conv_in.in_channels == C
+
+
+def test_background_has_no_shape_token_by_default():
+    model = _small()
+    assert model.config.drop_background and get_config("faithful").drop_background
     _, onehot = _batch((32, 32))
     with torch.no_grad():
         tokens = model.embed_shape(onehot)
@@ -327,3 +381,40 @@ def test_mapping_network_zeroes_absent_classes():
     model = _small()
     with torch.no_grad():
         assert model.decode(model.embed_shape(_batch((32, 32), batch=3)[1]), tokens).shape == (3, 3, 32, 32)
+
+
+# ---- the authors' choices (tests/test_parity_ca2sis.py checks the numbers against their code) -------
+def test_resblock_group_norm_is_eps_1e5_in_float32_under_bf16_autocast():
+    from attnsynth.sis.generator import GroupNorm32, ResBlock
+
+    block = ResBlock(in_channels=32, out_channels=32)
+    assert isinstance(block.norm1, GroupNorm32) and block.norm1.eps == block.norm2.eps == 1e-5
+    torch.manual_seed(0)
+    x = (torch.randn(2, 32, 4, 4) * 3 + 100).to(torch.bfloat16)  # large mean: bf16 statistics would be off
+    with torch.no_grad():
+        block.norm1.weight.normal_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block.norm1(x)
+    expected = torch.nn.functional.group_norm(x.float(), 32, block.norm1.weight, block.norm1.bias, 1e-5)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, expected.to(torch.bfloat16))
+
+
+def test_discriminator_uses_stride_2_in_every_intermediate_conv():
+    cfg = get_config("small", num_classes=C, resolution=64)
+    disc = build_discriminator(cfg)
+    image, onehot = _batch((64, 64))
+    scales = disc(image, onehot)
+    # conv4×4/2 (pad 2): 64 → 33 → 17 → 9; last conv4×4/1: 9 → 10 (the authors' NLayerDiscriminator)
+    assert [tuple(f.shape[-2:]) for f in scales[0]] == [(33, 33), (17, 17), (9, 9), (10, 10)]
+
+
+def test_mapping_heads_have_four_layers_and_no_squashing():
+    cfg = get_config("small", num_classes=C, resolution=64)
+    mapping = MappingNetwork(cfg)
+    linears = [m for m in mapping.heads if hasattr(m, "weight")]
+    assert len(linears) == 4 and not any(isinstance(m, torch.nn.Tanh) for m in mapping.modules())
+    with torch.no_grad():
+        linears[-1].bias.fill_(3.0)
+    tokens = mapping(torch.randn(2, cfg.mapping_latent_dim), torch.ones(2, C, dtype=torch.bool))
+    assert tokens.abs().max() > 1  # not squashed into [-1, 1]

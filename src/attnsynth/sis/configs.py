@@ -2,9 +2,12 @@
 
 `get_config(name, num_classes=C, resolution=(H, W))` returns one of the named presets:
 
-* ``faithful`` — the CA²-SIS architecture of the paper's code (256², 19 classes: style encoder
-  18.07 M, mask embedder 4.19 M, decoder ≈ 26.7 M, discriminator 1.36 M parameters).
-* ``small`` — the same architecture, narrower and shallower (≈ 1–3 M parameters, CPU-trainable at 64²).
+* ``faithful`` — the function of the authors' CA²-SIS code (TFonta/CA2SIS, CelebA scripts: ``--exclude_bg``,
+  so 18 shape tokens at 19 classes; 256²: style encoder 18.07 M, mask embedder 4.19 M, decoder 26,721,155,
+  discriminator 1.36 M, mapping network 28,244,224 parameters). `tests/test_parity_ca2sis.py` checks it
+  against numbers recorded from their code.
+* ``small`` — the same function scaled down (same architecture choices; narrower and shallower,
+  ≈ 1–3 M parameters, CPU-trainable at 64²).
 * ``spade-faithful`` / ``spade-small`` — the baseline with per-pixel, mask-inside-the-generator
   conditioning (SPADE/SEAN-style), behind the same `SISModel` interface and the same style encoder.
 
@@ -21,6 +24,7 @@ from typing import Any, Mapping
 
 ARCHES = ("ca2sis", "spade")
 KERNELS = ("efficient", "reference")
+STYLE_VARIANTS = ("official", "class-aligned")
 PRESETS = ("small", "faithful", "spade-small", "spade-faithful")
 
 
@@ -42,10 +46,12 @@ class SISConfig:
     style_downsamples: int = 6  # stride-2 grouped convs (256² → 4²)
     style_levels: int = 5  # U-Net decoder levels pooled into tokens (8² … 128² at 256²)
     style_level_dim: int = 256  # token width contributed by each level; style_dim = levels × this
+    style_variant: str = "official"  # "official": the authors' channel-concat skips + nearest-mask pooling;
+    #                                   "class-aligned": per-class skip concat + area-downsampled pooling mask (opt-in)
 
     # Mask embedder (CA²-SIS only).
     shape_grid_short: int = 128  # mask is nearest-resized to a grid whose shorter side is this
-    drop_background: bool = False  # drop class `background_class` from the shape tokens
+    drop_background: bool = True  # no shape token for `background_class` (the authors' --exclude_bg); False keeps it
     background_class: int = 0
 
     # Generator. Stage i works at start_size × 2^i; stage 0 does not upsample.
@@ -73,7 +79,7 @@ class SISConfig:
     mapping_latent_dim: int = 16
     mapping_hidden: int = 512
     mapping_shared_layers: int = 4
-    mapping_head_layers: int = 2
+    mapping_head_layers: int = 4  # Linear layers of each per-class head (ReLU between, no output squashing)
 
     def __post_init__(self) -> None:
         for key in ("resolution", "stage_channels", "stage_heads", "stage_head_dim", "self_attention"):
@@ -89,6 +95,8 @@ class SISConfig:
             fail("arch", self.arch, f"one of {ARCHES}")
         if self.kernels not in KERNELS:
             fail("kernels", self.kernels, f"one of {KERNELS}")
+        if self.style_variant not in STYLE_VARIANTS:
+            fail("style_variant", self.style_variant, f"one of {STYLE_VARIANTS}")
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
             fail("num_classes", self.num_classes, "an integer >= 2")
         if len(self.resolution) != 2 or min(self.resolution) <= 0:

@@ -1,8 +1,9 @@
 """Multiscale PatchGAN discriminator on one-hot mask ⊕ image (SPADE/pix2pixHD design).
 
 Scale ``k`` sees the input average-pooled (3×3, stride 2) ``k`` times. Each scale is
-conv4×4/2 → LeakyReLU, then ``layers − 1`` × [spectral-norm conv4×4 (stride 2, the last stride 1)
-→ InstanceNorm → LeakyReLU(0.2)], then conv4×4/1 → one logit per patch. Every intermediate activation
+conv4×4/2 → LeakyReLU, then ``layers − 1`` × [spectral-norm conv4×4/2 → InstanceNorm → LeakyReLU(0.2)],
+then conv4×4/1 → one logit per patch (the authors' `NLayerDiscriminator`: every intermediate conv has
+stride 2; receptive field 46 px at 3 layers). Every intermediate activation
 is returned for the feature-matching loss. Faithful (C = 19, 64 base channels, 3 layers, 2 scales):
 1.36 M parameters.
 """
@@ -27,9 +28,8 @@ class PatchDiscriminator(nn.Module):
         width = channels
         for n in range(1, layers):
             out = min(width * 2, 512)
-            stride = 1 if n == layers - 1 else 2
             blocks.append(nn.Sequential(
-                spectral_norm(nn.Conv2d(width, out, 4, stride=stride, padding=pad, bias=False)),
+                spectral_norm(nn.Conv2d(width, out, 4, stride=2, padding=pad, bias=False)),
                 nn.InstanceNorm2d(out, affine=False),
                 nn.LeakyReLU(0.2),
             ))

@@ -41,8 +41,20 @@ PER_IMAGE_PIXELS = 64 * 64  # without autograd, blocks on maps at least this lar
 
 
 def group_norm(channels: int, groups: int, *, eps: float = 1e-6) -> nn.GroupNorm:
-    """GroupNorm with min(groups, channels) groups."""
+    """GroupNorm with min(groups, channels) groups (eps 1e-6: the transformers' input norm, as in the authors' code)."""
     return nn.GroupNorm(min(groups, channels), channels, eps=eps)
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in (at least) float32 whatever the input dtype (fp16/bf16, autocast included), returned
+    in the input's dtype — the ResBlocks' norm in the authors' code (eps 1e-5, PyTorch's default). float64 stays
+    float64."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        weight = None if self.weight is None else self.weight.to(dtype)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        return F.group_norm(x.to(dtype), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
 def _zero_(module: nn.Module) -> nn.Module:
@@ -95,14 +107,16 @@ class _Checkpointable(nn.Module):
 
 
 class ResBlock(_Checkpointable):
-    """GroupNorm → SiLU → [nearest ×2] → conv3×3 → GroupNorm → SiLU → zero-init conv3×3, plus skip."""
+    """GroupNorm → SiLU → [nearest ×2] → conv3×3 → GroupNorm → SiLU → zero-init conv3×3, plus skip.
+
+    Both norms are `GroupNorm32` (float32, eps 1e-5), as in the authors' ResBlock."""
 
     def __init__(self, *, in_channels: int, out_channels: int, upsample: bool = False, norm_groups: int = 32) -> None:
         super().__init__()
         self.upsample = upsample
-        self.norm1 = group_norm(in_channels, norm_groups)
+        self.norm1 = GroupNorm32(min(norm_groups, in_channels), in_channels, eps=1e-5)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = group_norm(out_channels, norm_groups)
+        self.norm2 = GroupNorm32(min(norm_groups, out_channels), out_channels, eps=1e-5)
         self.conv2 = _zero_(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 

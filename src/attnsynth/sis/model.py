@@ -23,6 +23,7 @@ from torch import nn
 from attnsynth.sis.configs import SISConfig
 from attnsynth.sis.discriminator import MultiscaleDiscriminator
 from attnsynth.sis.generator import CA2SISGenerator
+from attnsynth.sis.mapping import MappingNetwork
 from attnsynth.sis.mask_embedder import MaskEmbedder
 from attnsynth.sis.spade import SPADEGenerator
 from attnsynth.sis.style_encoder import StyleEncoder
@@ -55,7 +56,8 @@ class SISModel(nn.Module):
         self.config = config
         c = config.num_classes
         self.style_encoder = StyleEncoder(num_classes=c, width=config.style_width, downsamples=config.style_downsamples,
-                                          levels=config.style_levels, level_dim=config.style_level_dim)
+                                          levels=config.style_levels, level_dim=config.style_level_dim,
+                                          variant=config.style_variant)
         if config.arch == "ca2sis":
             self.mask_embedder: MaskEmbedder | None = MaskEmbedder(
                 num_classes=c, grid=config.shape_grid, out_dim=config.shape_dim,
@@ -217,15 +219,18 @@ def _count(module: nn.Module | None) -> int:
 
 
 def parameter_counts(config: SISConfig) -> dict[str, int]:
-    """Parameters per module (built on the meta device, no memory): style_encoder, mask_embedder, decoder, discriminator, total."""
+    """Parameters per module (built on the meta device, no memory): style_encoder, mask_embedder, decoder,
+    discriminator, mapping_network (random styles), total."""
     with torch.device("meta"):
         model = SISModel(config)
         discriminator = build_discriminator(config)
+        mapping = MappingNetwork(config)
     counts = {
         "style_encoder": _count(model.style_encoder),
         "mask_embedder": _count(model.mask_embedder),
         "decoder": _count(model.generator),
         "discriminator": _count(discriminator),
+        "mapping_network": _count(mapping),
     }
     counts["total"] = sum(counts.values())
     return counts
