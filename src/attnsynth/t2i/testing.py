@@ -28,6 +28,11 @@ __all__ = [
     "tiny_sd_pipeline",
     "tiny_sdxl_components",
     "tiny_sdxl_pipeline",
+    "tiny_flux_components",
+    "tiny_flux_pipeline",
+    "tiny_sd3_components",
+    "tiny_sd3_pipeline",
+    "tiny_t5_tokenizer",
     "tiny_tokenizer",
 ]
 
@@ -107,8 +112,8 @@ def tiny_tokenizer(*, model_max_length: int = 77):
     return CLIPTokenizer.from_pretrained(str(_tokenizer_files()), model_max_length=model_max_length)
 
 
-def _tiny_text_encoder(tokenizer, *, hidden_size: int, seed: int, with_projection: bool = False):
-    """A 2-layer CLIP text encoder of width ``hidden_size`` with random weights."""
+def _tiny_text_encoder(tokenizer, *, hidden_size: int, seed: int, with_projection: bool = False, projection_dim: int | None = None):
+    """A 2-layer CLIP text encoder of width ``hidden_size`` (projection ``projection_dim``, default the width), random weights."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
@@ -118,7 +123,7 @@ def _tiny_text_encoder(tokenizer, *, hidden_size: int, seed: int, with_projectio
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=tokenizer.model_max_length,
-        projection_dim=hidden_size,
+        projection_dim=projection_dim or hidden_size,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -296,3 +301,192 @@ def sd15_shaped_unet_config(scale: float = 0.1) -> dict[str, Any]:
         "cross_attention_dim": max(8, round(768 * scale / 8) * 8),
         "norm_num_groups": groups,
     }
+
+
+# -- MMDiT families (SD3 / SD3.5, FLUX) ------------------------------------------------------
+# T5's SentencePiece vocabulary as (piece, log-probability) pairs: "▁word" for every whole word,
+# the multi-token words split as for CLIP ("▁sun" + "flower"), a plural "s", punctuation, and
+# single characters as the fall-back. Whole pieces score higher than any split into characters.
+_T5_SPECIALS = ("<pad>", "</s>", "<unk>")
+
+
+def _t5_vocabulary() -> list[tuple[str, float]]:
+    words = sorted(set(VOCABULARY) | {parts[-1] for parts in MULTI_TOKEN_WORDS.values()})
+    pieces = [(token, 0.0) for token in _T5_SPECIALS]
+    pieces += [("▁" + word, -5.0) for word in words]
+    pieces += [("▁" + parts[0], -6.0) for parts in MULTI_TOKEN_WORDS.values()]
+    pieces += [(part, -6.0) for parts in MULTI_TOKEN_WORDS.values() for part in parts[1:]]
+    pieces += [("s", -7.0), (",", -7.0), (".", -7.0), ("▁", -8.0)]
+    pieces += [(c, -12.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789-'"]
+    return list(dict(pieces).items())
+
+
+def tiny_t5_tokenizer():
+    """A T5 (Unigram) tokenizer built offline from an in-memory vocabulary (no sentencepiece file)."""
+    from transformers import T5Tokenizer
+
+    return T5Tokenizer(vocab=_t5_vocabulary(), extra_ids=0)
+
+
+def _tiny_t5_encoder(tokenizer, *, d_model: int, seed: int):
+    """A 2-layer T5 encoder of width ``d_model`` with random weights."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_kv=8,
+        d_ff=2 * d_model,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return T5EncoderModel(config).eval()
+
+
+def _tiny_flow_vae(*, seed: int, latent_channels: int, down_levels: int = 2):
+    """A small AutoencoderKL as SD3/FLUX use it (shift factor, no quant convs)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * down_levels,
+        up_block_types=("UpDecoderBlock2D",) * down_levels,
+        block_out_channels=(8,) * down_levels,
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=2,
+        sample_size=32,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    ).eval()
+
+
+def tiny_sd3_components(
+    *,
+    seed: int = 0,
+    sample_size: int = 16,
+    num_layers: int = 2,
+    heads: int = 2,
+    head_dim: int = 8,
+    qk_norm: str | None = None,
+    dual_attention_layers: tuple[int, ...] = (),
+    clip_dim: int = 16,
+) -> dict[str, Any]:
+    """Components of a tiny SD3 pipeline (``qk_norm="rms_norm"`` + ``dual_attention_layers`` = SD3.5-shaped).
+
+    The two CLIP encoders are ``clip_dim`` wide with 2·clip_dim projections: their concatenated
+    hidden states (2·clip_dim) must equal T5's width (``joint_attention_dim``), or diffusers
+    silently crops the CLIP-G features when it pads the CLIP rows to the T5 width.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    joint_dim = 2 * clip_dim
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=sample_size,
+        patch_size=1,
+        in_channels=4,
+        out_channels=4,
+        num_layers=num_layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=joint_dim,
+        caption_projection_dim=heads * head_dim,
+        pooled_projection_dim=4 * clip_dim,  # the two CLIP projections (2·clip_dim each), concatenated
+        pos_embed_max_size=2 * sample_size,
+        qk_norm=qk_norm,
+        dual_attention_layers=dual_attention_layers,
+    ).eval()
+    tokenizer, t5_tokenizer = tiny_tokenizer(), tiny_t5_tokenizer()
+
+    def clip(seed_offset: int):
+        return _tiny_text_encoder(
+            tokenizer, hidden_size=clip_dim, seed=seed + seed_offset, with_projection=True, projection_dim=2 * clip_dim
+        )
+
+    return {
+        "transformer": transformer,
+        "vae": _tiny_flow_vae(seed=seed + 1, latent_channels=4),
+        "text_encoder": clip(2),
+        "text_encoder_2": clip(3),
+        "text_encoder_3": _tiny_t5_encoder(t5_tokenizer, d_model=joint_dim, seed=seed + 4),
+        "tokenizer": tokenizer,
+        "tokenizer_2": tiny_tokenizer(),
+        "tokenizer_3": t5_tokenizer,
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+def tiny_sd3_pipeline(*, pipeline_class: type | None = None, device: str | torch.device = "cpu", **component_kwargs):
+    """A tiny SD3 pipeline (``StableDiffusion3Pipeline`` unless ``pipeline_class`` is given), progress bar off."""
+    from diffusers import StableDiffusion3Pipeline
+
+    pipeline_class = pipeline_class or StableDiffusion3Pipeline
+    pipe = pipeline_class(**tiny_sd3_components(**component_kwargs))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def tiny_flux_components(
+    *,
+    seed: int = 0,
+    num_layers: int = 2,
+    num_single_layers: int = 2,
+    heads: int = 2,
+    head_dim: int = 16,
+    text_dim: int = 32,
+) -> dict[str, Any]:
+    """Components of a tiny FLUX.1 pipeline (guidance-distilled, as FLUX.1-dev).
+
+    The VAE has ``in_channels // 4`` latent channels: FLUX packs 2×2 latent patches into one
+    token. Give the pipeline an explicit ``height``/``width`` (its default is 1024²).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+
+    in_channels = 4
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=in_channels,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=text_dim,
+        pooled_projection_dim=text_dim,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 4, head_dim - 8),
+    ).eval()
+    tokenizer, t5_tokenizer = tiny_tokenizer(), tiny_t5_tokenizer()
+    return {
+        "transformer": transformer,
+        "vae": _tiny_flow_vae(seed=seed + 1, latent_channels=in_channels // 4),
+        "text_encoder": _tiny_text_encoder(tokenizer, hidden_size=text_dim, seed=seed + 2),
+        "text_encoder_2": _tiny_t5_encoder(t5_tokenizer, d_model=text_dim, seed=seed + 3),
+        "tokenizer": tokenizer,
+        "tokenizer_2": t5_tokenizer,
+        "scheduler": FlowMatchEulerDiscreteScheduler(),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+def tiny_flux_pipeline(*, pipeline_class: type | None = None, device: str | torch.device = "cpu", **component_kwargs):
+    """A tiny FLUX pipeline (``FluxPipeline`` unless ``pipeline_class`` is given), progress bar off."""
+    from diffusers import FluxPipeline
+
+    pipeline_class = pipeline_class or FluxPipeline
+    pipe = pipeline_class(**tiny_flux_components(**component_kwargs))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
