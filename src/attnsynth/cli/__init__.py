@@ -13,6 +13,7 @@ import sys
 import typer
 
 from attnsynth.cli import bench, demo, sis, t2i, toyworld
+from attnsynth.cli import personalize
 
 app = typer.Typer(
     name="attnsynth",
@@ -25,6 +26,7 @@ app.add_typer(toyworld.app, name="toyworld")
 app.add_typer(sis.app, name="sis")
 app.add_typer(t2i.app, name="t2i")
 app.add_typer(bench.app, name="bench")
+app.add_typer(personalize.app, name="personalize")
 app.command("demo")(demo.demo)
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
