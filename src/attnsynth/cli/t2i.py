@@ -73,7 +73,7 @@ def _image_array(image: Any):
 
 @app.command("generate")
 def generate_command(
-    model: Path = typer.Option(..., "--model", help="Local diffusers SD 1.x/2.x or SDXL directory (with model_index.json)."),
+    model: Path = typer.Option(..., "--model", help="Local diffusers SD 1.x/2.x, SDXL, SD3/3.5 or FLUX directory (with model_index.json); the family is detected."),
     prompt: str = typer.Option(None, "--prompt", help="The prompt (single-image mode, with --out)."),
     prompt_file: Path = typer.Option(None, "--prompt-file", help="One prompt per line, 'prompt | cat,dog' to set its subjects (with --out-dir)."),
     subjects: str = typer.Option(None, "--subjects", help="Comma-separated subjects, '/' joins synonyms (cat/kitten,dog), or 'auto'."),

@@ -20,9 +20,9 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-__all__ = ["SubjectGroup", "count_prompt_tokens", "resolve_subjects"]
+__all__ = ["SubjectGroup", "TextSegment", "TextStreamGroup", "count_prompt_tokens", "prompt_token_positions", "resolve_stream_subjects", "resolve_subjects"]
 
 # Pieces as CLIP's pre-tokenizer splits text: contractions, letter runs, single digits, other symbols.
 _PIECE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+", re.IGNORECASE)
@@ -78,19 +78,20 @@ class SubjectGroup:
     token_indices: tuple[int, ...]  # every token of every mention, ascending
     attribute_indices: tuple[int, ...] = ()  # adjective/colour tokens bound to the subject
     mention_spans: tuple[tuple[int, ...], ...] = ()  # token positions per mention; () = one mention
+    first_position: ClassVar[int] = 1  # lowest valid position: 0 is BOS
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"SubjectGroup name={self.name!r} is invalid; expected a non-empty string")
-        tokens = _positions(self.token_indices, f"SubjectGroup {self.name!r} token_indices")
+        tokens = _positions(self.token_indices, f"SubjectGroup {self.name!r} token_indices", self.first_position)
         if not tokens:
             raise ValueError(f"SubjectGroup {self.name!r} has no token_indices; expected at least one token position")
-        attributes = _positions(self.attribute_indices, f"SubjectGroup {self.name!r} attribute_indices")
+        attributes = _positions(self.attribute_indices, f"SubjectGroup {self.name!r} attribute_indices", self.first_position)
         if set(attributes) & set(tokens):
             raise ValueError(
                 f"SubjectGroup {self.name!r} attribute_indices {attributes} overlap its token_indices {tokens}"
             )
-        spans = tuple(_positions(span, f"SubjectGroup {self.name!r} mention span") for span in self.mention_spans)
+        spans = tuple(_positions(span, f"SubjectGroup {self.name!r} mention span", self.first_position) for span in self.mention_spans)
         if not spans:
             spans = (tokens,)
         if sorted(i for span in spans for i in span) != list(tokens):
@@ -102,12 +103,34 @@ class SubjectGroup:
         object.__setattr__(self, "mention_spans", spans)
 
 
-def _positions(values: Any, what: str) -> tuple[int, ...]:
-    """Validate token positions (integers >= 1, no repeats) and return them ascending."""
+def _positions(values: Any, what: str, minimum: int = 1) -> tuple[int, ...]:
+    """Validate token positions (integers >= ``minimum``, no repeats) and return them ascending."""
     values = tuple(values)
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values) or len(set(values)) != len(values):
-        raise ValueError(f"{what}={values!r} is invalid; expected distinct token positions >= 1 (0 is BOS)")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in values) or len(set(values)) != len(values):
+        hint = " (0 is BOS)" if minimum == 1 else ""
+        raise ValueError(f"{what}={values!r} is invalid; expected distinct token positions >= {minimum}{hint}")
     return tuple(sorted(values))
+
+
+@dataclass(frozen=True)
+class TextStreamGroup(SubjectGroup):
+    """A subject's rows in an MMDiT transformer's text stream (SD3: 77 CLIP rows then T5 rows; FLUX: T5 rows).
+
+    Positions are rows of the stream, so 0 is valid (FLUX's text starts with the prompt's
+    first T5 token: T5 has no BOS). A word's tokens from every encoder form one group.
+    """
+
+    first_position: ClassVar[int] = 0
+
+
+@dataclass(frozen=True)
+class TextSegment:
+    """One tokenizer's rows in a text stream: rows ``offset .. offset + max_length − 1``."""
+
+    name: str  # for errors, e.g. "CLIP" or "T5"
+    tokenizer: Any
+    offset: int  # first row of this tokenizer's tokens in the stream
+    max_length: int  # rows it occupies (padding included); longer prompts are refused
 
 
 @dataclass(frozen=True)
@@ -133,6 +156,14 @@ def _input_ids(tokenizer: Any, text: str, **kwargs: Any) -> list[int]:
 def count_prompt_tokens(prompt: str, tokenizer: Any) -> int:
     """Number of tokens of ``prompt`` with BOS and EOS and without padding (``prompt_length`` of the losses)."""
     return len(_input_ids(tokenizer, prompt))
+
+
+def prompt_token_positions(prompt: str, tokenizer: Any) -> tuple[int, ...]:
+    """Positions of the prompt's own tokens in ``tokenizer(prompt)`` (no BOS, EOS or padding)."""
+    full = _input_ids(tokenizer, prompt)
+    content = _input_ids(tokenizer, prompt, add_special_tokens=False)
+    first = _leading_specials(full, content)
+    return tuple(range(first, first + len(content)))
 
 
 def _token_limit(tokenizer: Any, max_length: int | None) -> int | None:
@@ -355,6 +386,15 @@ def resolve_subjects(
     two subjects share tokens, or the prompt has more tokens (BOS/EOS included) than ``max_length``
     (default ``tokenizer.model_max_length``).
     """
+    _check_prompt(prompt, tokenizer, max_length)
+    return [
+        SubjectGroup(name=name, token_indices=tokens, attribute_indices=attributes, mention_spans=spans)
+        for name, tokens, attributes, spans in _resolve_positions(prompt, subjects, tokenizer)
+    ]
+
+
+def _check_prompt(prompt: Any, tokenizer: Any, max_length: int | None, what: str = "the tokenizer limit") -> None:
+    """Reject an empty prompt or one with more tokens (specials included) than the limit."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError(f"prompt={prompt!r} is invalid; expected a non-empty string")
     limit = _token_limit(tokenizer, max_length)
@@ -362,8 +402,14 @@ def resolve_subjects(
     if limit is not None and length > limit:
         shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
         raise ValueError(
-            f"prompt has {length} tokens (BOS/EOS included) but the tokenizer limit is {limit}; shorten it: {shown!r}"
+            f"prompt has {length} tokens (BOS/EOS included) but {what} is {limit}; shorten it: {shown!r}"
         )
+
+
+def _resolve_positions(
+    prompt: str, subjects: Any, tokenizer: Any
+) -> list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[tuple[int, ...], ...]]]:
+    """(name, token positions, attribute positions, mention spans) per subject, in ``tokenizer``'s positions."""
     if subjects is None or (not isinstance(subjects, str) and isinstance(subjects, Sequence) and len(subjects) == 0):
         return []
     pieces = _split_prompt(prompt, tokenizer)
@@ -405,11 +451,35 @@ def resolve_subjects(
         spans = tuple(tuple(t for j in range(s, e) for t in pieces[j].tokens) for s, e in found)
         attribute_pieces = sorted({a for s, e in found for a in _attributes_of(pieces, s, e, set(owner))})
         attributes = tuple(t for a in attribute_pieces for t in pieces[a].tokens)
+        groups.append(("/".join(request[k]), tuple(sorted(t for span in spans for t in span)), attributes, spans))
+    return groups
+
+
+def resolve_stream_subjects(prompt: str, subjects: Any, segments: Sequence[TextSegment]) -> list[TextStreamGroup]:
+    """Subject groups over a text stream made of several tokenizers' rows (SD3: CLIP then T5; FLUX: T5).
+
+    Each segment resolves the subjects with its own tokenizer (multi-piece words grouped as in
+    :func:`resolve_subjects`; no padding row is ever selected); a word's rows from every segment
+    form one group, and mention ``k`` joins the ``k``-th mention of every segment. Same
+    ``subjects=`` forms and errors as :func:`resolve_subjects`; a prompt longer than a segment's
+    ``max_length`` (its tokens with specials) is refused naming that segment.
+    """
+    for segment in segments:
+        _check_prompt(prompt, segment.tokenizer, segment.max_length, f"the {segment.name} text limit (max_sequence_length)")
+    per_segment = [
+        [(name, tuple(segment.offset + t for t in tokens), tuple(segment.offset + t for t in attributes),
+          tuple(tuple(segment.offset + t for t in span) for span in spans))
+         for name, tokens, attributes, spans in _resolve_positions(prompt, subjects, segment.tokenizer)]
+        for segment in segments
+    ]
+    groups = []
+    for entries in zip(*per_segment):
+        spans = tuple(tuple(t for entry in entries for t in entry[3][m]) for m in range(len(entries[0][3])))
         groups.append(
-            SubjectGroup(
-                name="/".join(request[k]),
-                token_indices=tuple(sorted(t for span in spans for t in span)),
-                attribute_indices=attributes,
+            TextStreamGroup(
+                name=entries[0][0],
+                token_indices=tuple(sorted(t for entry in entries for t in entry[1])),
+                attribute_indices=tuple(sorted(t for entry in entries for t in entry[2])),
                 mention_spans=spans,
             )
         )

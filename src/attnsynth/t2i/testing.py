@@ -428,14 +428,18 @@ def tiny_sd3_components(
     }
 
 
-def tiny_sd3_pipeline(*, pipeline_class: type | None = None, device: str | torch.device = "cpu", **component_kwargs):
-    """A tiny SD3 pipeline (``StableDiffusion3Pipeline`` unless ``pipeline_class`` is given), progress bar off."""
-    from diffusers import StableDiffusion3Pipeline
+def _assembled(default_class: str, pipeline_class: type | None, components: dict[str, Any], device) -> Any:
+    """``pipeline_class`` (default: diffusers' ``default_class``) built from ``components``, progress bar off."""
+    import diffusers
 
-    pipeline_class = pipeline_class or StableDiffusion3Pipeline
-    pipe = pipeline_class(**tiny_sd3_components(**component_kwargs))
+    pipe = (pipeline_class or getattr(diffusers, default_class))(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def tiny_sd3_pipeline(*, pipeline_class: type | None = None, device: str | torch.device = "cpu", **component_kwargs):
+    """A tiny SD3 pipeline (``StableDiffusion3Pipeline`` unless ``pipeline_class`` is given), progress bar off."""
+    return _assembled("StableDiffusion3Pipeline", pipeline_class, tiny_sd3_components(**component_kwargs), device)
 
 
 def tiny_flux_components(
@@ -484,9 +488,4 @@ def tiny_flux_components(
 
 def tiny_flux_pipeline(*, pipeline_class: type | None = None, device: str | torch.device = "cpu", **component_kwargs):
     """A tiny FLUX pipeline (``FluxPipeline`` unless ``pipeline_class`` is given), progress bar off."""
-    from diffusers import FluxPipeline
-
-    pipeline_class = pipeline_class or FluxPipeline
-    pipe = pipeline_class(**tiny_flux_components(**component_kwargs))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return _assembled("FluxPipeline", pipeline_class, tiny_flux_components(**component_kwargs), device)
