@@ -12,14 +12,14 @@ STAMP := $(VENV)/.attnsynth-installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,ui]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/attnsynth demo --out demo_out
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

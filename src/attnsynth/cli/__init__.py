@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from attnsynth.cli import bench, demo, sis, t2i, toyworld
+from attnsynth.cli import bench, demo, sis, t2i, toyworld, ui
 from attnsynth.cli import personalize
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.add_typer(t2i.app, name="t2i")
 app.add_typer(bench.app, name="bench")
 app.add_typer(personalize.app, name="personalize")
 app.command("demo")(demo.demo)
+app.command("ui")(ui.ui)
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
