@@ -3,7 +3,9 @@
 Scale ``k`` sees the input average-pooled (3×3, stride 2) ``k`` times. Each scale is
 conv4×4/2 → LeakyReLU, then ``layers − 1`` × [spectral-norm conv4×4/2 → InstanceNorm → LeakyReLU(0.2)],
 then conv4×4/1 → one logit per patch (the authors' `NLayerDiscriminator`: every intermediate conv has
-stride 2; receptive field 46 px at 3 layers). Every intermediate activation
+stride 2; receptive field 46 px at 3 layers). Spectral norm is `spectral_norm` below: the legacy
+``torch.nn.utils.spectral_norm`` of the authors' code (power iteration v then u), stored in the
+parametrization layout (``parametrizations.weight.original`` / ``.0._u`` / ``.0._v``). Every intermediate activation
 is returned for the feature-matching loss. Faithful (C = 19, 64 base channels, 3 layers, 2 scales):
 1.36 M parameters.
 """
@@ -15,7 +17,37 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import parametrize
+
+
+class _SpectralNorm(nn.Module):
+    """W / σ(W), σ estimated by one power-iteration step per training forward, in the order of the legacy
+    ``torch.nn.utils.spectral_norm`` that the authors' discriminator uses: v ← N(Wᵀu), then u ← N(Wv),
+    σ = uᵀWv. (``torch.nn.utils.parametrizations.spectral_norm`` updates u first, so from the same stored u, v
+    a training step gives other σ, u, v.) u and v start as normalised Gaussians, without warm-up iterations,
+    also as the legacy one. Eval mode uses the stored u, v."""
+
+    def __init__(self, weight: torch.Tensor, *, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.eps = eps
+        rows, cols = weight.shape[0], weight[0].numel()
+        self.register_buffer("_u", F.normalize(weight.new_empty(rows).normal_(0, 1), dim=0, eps=eps))
+        self.register_buffer("_v", F.normalize(weight.new_empty(cols).normal_(0, 1), dim=0, eps=eps))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        matrix = weight.flatten(1)  # [out, in·k·k]
+        if self.training:
+            with torch.no_grad():  # in place, so DDP replicas and the state dict see the update
+                self._v.copy_(F.normalize(matrix.t() @ self._u, dim=0, eps=self.eps))
+                self._u.copy_(F.normalize(matrix @ self._v, dim=0, eps=self.eps))
+        u, v = self._u.clone(), self._v.clone()
+        return weight / torch.dot(u, matrix @ v)
+
+
+def spectral_norm(conv: nn.Conv2d) -> nn.Conv2d:
+    """Register `_SpectralNorm` on ``conv.weight`` (state dict keys ``parametrizations.weight.original/0._u/0._v``)."""
+    parametrize.register_parametrization(conv, "weight", _SpectralNorm(conv.weight.detach()))
+    return conv
 
 
 class PatchDiscriminator(nn.Module):
