@@ -123,10 +123,30 @@ def test_find_peaks_is_batched_and_differentiable():
 
 
 def test_find_peaks_zeroes_each_disc_before_the_next_search():
-    # One wide blob: the second peak must lie outside the first disc, not next to the maximum.
+    # One wide blob: the second peak must lie outside the first (open) disc, not next to the maximum.
     maps = blob(16, 16, 8, 8, sigma=3.0)
     peaks, _ = find_peaks(maps, n_peaks=2, radius=4)
-    assert torch.linalg.norm(peaks[1] - peaks[0]) > 4
+    assert torch.linalg.norm(peaks[1] - peaks[0]) >= 4
+
+
+def test_find_peaks_centroid_uses_the_original_map_over_the_whole_disc():
+    # AI-T2I: g_j is the centroid of the ORIGINAL map over all of disc j, pixels that disc 1
+    # already took included (not only the not-yet-taken ones).
+    torch.manual_seed(0)
+    maps = blob(16, 16, 8, 8, sigma=3.0).double() + 0.01 * torch.rand(16, 16, dtype=torch.float64)  # one wide blob
+    peaks, centres = find_peaks(maps, n_peaks=3, radius=5)
+    grid = torch.stack(torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="xy"), dim=-1)  # (x, y)
+    remaining = maps.clone()
+    for j in range(3):
+        index = int(remaining.argmax())
+        peak = torch.tensor([index % 16, index // 16], dtype=torch.float32)
+        disc = ((grid - peak) ** 2).sum(-1) < 25  # strict
+        expected = (grid * (maps * disc)[..., None]).sum((0, 1)) / (maps * disc).sum()
+        torch.testing.assert_close(peaks[j], peak)
+        torch.testing.assert_close(centres[j], expected.float(), atol=1e-5, rtol=0)
+        remaining = remaining * ~disc
+    second_disc = disc_mask(peaks[1], 16, 16, 5)
+    assert (second_disc & disc_mask(peaks[0], 16, 16, 5)).any()  # the discs overlap here: the case that matters
 
 
 def test_find_peaks_exhausted_map_repeats_the_first_peak():
@@ -144,9 +164,14 @@ def test_find_peaks_rejects_bad_arguments():
         find_peaks(torch.rand(4, 4), radius=-1)
 
 
-def test_disc_mask_counts_pixels_within_radius():
+def test_disc_mask_counts_pixels_strictly_within_radius():
     mask = disc_mask(torch.tensor([5.0, 5.0]), 11, 11, radius=1.0)
-    assert mask.sum() == 5 and mask[5, 5] and mask[4, 5] and not mask[4, 4]
+    assert mask.sum() == 1 and mask[5, 5] and not mask[4, 5]  # open disc: distance 1 is outside
+    mask = disc_mask(torch.tensor([5.0, 5.0]), 11, 11, radius=1.5)
+    assert mask.sum() == 9 and mask[4, 4]
+    centre = torch.tensor([8.0, 8.0])
+    assert int(disc_mask(centre, 16, 16, 5.0).sum()) == 69  # AI-T2I's aggregation disc
+    assert int(disc_mask(centre, 16, 16, 6.0).sum()) == 109  # its attribute disc
 
 
 def test_box_coverage_full_half_and_subpixel_boxes():

@@ -193,6 +193,21 @@ def test_aggregation_is_near_zero_for_a_single_compact_blob():
     assert aggregation_loss(maps, [CAT]) < 1e-3  # exhausted map: discs 2 and 3 repeat disc 1
 
 
+def test_aggregation_and_attribute_are_the_authors_distance_sums():
+    # L = [Σ_j ‖sg(p_1) − g_j‖ + ‖g_2 − g_3‖] / √((H−1)² + (W−1)²), discs of radius 5 (noun) / 6 (attribute).
+    red_cat = group("cat", [2], [1])
+    maps = logits_with([(0, 2, 3, 3, 6), (0, 2, 12, 12, 5), (0, 1, 10, 2, 3), (0, 1, 4, 12, 2)]).detach().softmax(-1)
+    diagonal = (15**2 + 15**2) ** 0.5
+
+    def pull(target, centres):
+        return sum(torch.linalg.norm(target - c) for c in centres) + torch.linalg.norm(centres[1] - centres[2])
+
+    p, g = find_peaks(maps[0, :, :, 2], n_peaks=3, radius=5)
+    torch.testing.assert_close(aggregation_loss(maps, [red_cat])[0], pull(p[0], g) / diagonal)
+    _, g_adj = find_peaks(maps[0, :, :, 1], n_peaks=3, radius=6)
+    torch.testing.assert_close(attribute_loss(maps, [red_cat])[0], pull(p[0], g_adj) / diagonal)
+
+
 # --- isolation ---------------------------------------------------------------------------------
 
 
@@ -221,8 +236,8 @@ def test_isolation_cosine_reduces_overlap():
 def test_isolation_euclidean_formula_for_two_subjects():
     maps = torch.zeros(1, H, W, T)
     maps[0, 0, 0, 2] = 1.0  # cat at (0, 0)
-    maps[0, 0, 15, 5] = 1.0  # dog at (15, 0): gap 15 of a diagonal 15·√2
-    expected = 1 - 15 / (15 * 2**0.5)
+    maps[0, 0, 15, 5] = 1.0  # dog at (15, 0): gap 15, normalised by the grid's extent √(16² + 16²)
+    expected = 1 - 15 / (16 * 2**0.5)  # the authors' normaliser (not the pixel-centre diagonal 15·√2)
     torch.testing.assert_close(isolation_loss(maps, [CAT, DOG]), torch.tensor([expected]), atol=1e-5, rtol=0)
 
 
@@ -270,7 +285,7 @@ def test_attend_excite_loss_matches_diffusers(indices):
         # diffusers scales its argument in place: give it copies.
         peaks = reference._compute_max_attention_per_index(maps[b].clone(), indices)
         torch.testing.assert_close(ours[b], torch.as_tensor(reference._compute_loss(peaks)), rtol=0, atol=1e-6)
-        # The original A&E slice [1:L-1] equals diffusers' [1:-1] on the first L tokens.
+        # A prompt-length slice [1:L-1] (token_softmax='prompt'; A&E's sd_2_1 flag) is [1:-1] of the first L tokens.
         peaks = reference._compute_max_attention_per_index(maps[b, :, :, :9].clone(), indices)
         torch.testing.assert_close(ours_prompt[b], torch.as_tensor(reference._compute_loss(peaks)), rtol=0, atol=1e-6)
         singles = [group(str(i), [i]) for i in indices]

@@ -30,8 +30,9 @@ __all__ = [
     "total_variation",
 ]
 
-# A disc holding less than this fraction of its map's total mass counts as empty (see find_peaks).
-_EMPTY_DISC_FRACTION = 1e-6
+# A disc holding at most this fraction of its map's total mass counts as empty (see find_peaks):
+# far below any disc of a softmax attention map, so only an all-zero disc falls back.
+_EMPTY_DISC_FRACTION = 1e-12
 
 
 def coordinate_grid(
@@ -45,7 +46,11 @@ def coordinate_grid(
 
 
 def diagonal(height: int, width: int) -> float:
-    """Largest distance between two pixel centres, ``sqrt((H-1)² + (W-1)²)``; normalises distances."""
+    """Largest distance between two pixel centres, ``sqrt((H-1)² + (W-1)²)``.
+
+    AI-T2I normalises its aggregation and attribute distances by it (its isolation term uses
+    the grid's extent ``sqrt(H² + W²)`` instead, see :func:`attnsynth.t2i.losses.isolation_loss`).
+    """
     return math.hypot(height - 1, width - 1)
 
 
@@ -121,23 +126,31 @@ def gaussian_smooth(maps: torch.Tensor, kernel_size: int = 3, sigma: float = 0.5
 
 
 def disc_mask(points: torch.Tensor, height: int, width: int, radius: float) -> torch.Tensor:
-    """Boolean discs ``[..., H, W]``: pixels within Euclidean ``radius`` of ``points [..., 2]`` (x, y)."""
+    """Boolean open discs ``[..., H, W]``: pixels strictly closer than ``radius`` to ``points [..., 2]`` (x, y).
+
+    Strict ``‖q − p‖² < radius²``, as AI-T2I's ball mask (69 pixels at radius 5, 109 at 6).
+    """
     grid = coordinate_grid(height, width, device=points.device)  # [H, W, 2]
     offsets = grid - points.float()[..., None, None, :]  # [..., H, W, 2]
-    return (offsets**2).sum(dim=-1) <= radius**2
+    return (offsets**2).sum(dim=-1) < radius**2
 
 
 def find_peaks(
     maps: torch.Tensor, n_peaks: int = 3, radius: float = 5.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Find ``n_peaks`` blobs in maps ``[..., H, W]`` by non-maximum suppression.
+    """Find ``n_peaks`` blobs in maps ``[..., H, W]`` by AI-T2I's non-maximum suppression.
 
-    For j = 1..n: ``p_j`` = argmax of the map outside the discs already taken, disc j =
-    pixels within ``radius`` of ``p_j`` and not yet taken, ``g_j`` = centroid of the map inside
-    disc j (differentiable), then disc j is zeroed. Returns ``(peak_xy, disc_centroids)``, both
-    ``[..., n_peaks, 2]`` as ``(x, y)``; ``peak_xy`` carries no gradient. A disc holding (almost)
-    nothing — the map is exhausted — reports ``p_1`` and ``g_1`` instead, so it adds no spurious
-    distance to a loss. No host syncs: argmax and masks only.
+    Exactly the authors' ``find_top_regions``: R ← A; for j = 1..n: ``p_j`` = argmax R (first
+    index on ties), disc j = ``{q : ‖q − p_j‖² < radius²}`` (strict, :func:`disc_mask`),
+    ``g_j`` = centroid of the **original** map A over the **whole** disc j (pixels that earlier
+    discs took count again), then R ← R·(1 − disc j). Returns ``(peak_xy, disc_centroids)``, both
+    ``[..., n_peaks, 2]`` as ``(x, y)``; ``peak_xy`` carries no gradient, ``g_j`` is differentiable.
+
+    One generalisation, for degenerate maps only: a search after every pixel is already
+    suppressed (possible on maps smaller than the discs) or a disc with no mass (its centroid
+    would be 0/0) reports ``p_1`` and ``g_1``, so it adds no spurious distance to a loss. Neither
+    can happen for three discs of radius 5–6 on SD's positive 16×16 maps, where this is the
+    authors' function. No host syncs: argmax and masks only.
     """
     if n_peaks < 1:
         raise ValueError(f"n_peaks={n_peaks!r} is invalid; expected an integer >= 1")
@@ -147,22 +160,23 @@ def find_peaks(
     *lead, height, width = maps.shape
     flat = maps.reshape(-1, height, width)  # [N, H, W]
     grid = coordinate_grid(height, width, device=maps.device)  # [H, W, 2]
-    total = flat.sum(dim=(-2, -1))  # [N]
-    empty_below = (_EMPTY_DISC_FRACTION * total).detach().clamp_min(1e-30)  # [N]
-    alive = torch.ones_like(flat, dtype=torch.bool)  # pixels not yet suppressed
+    empty_below = (_EMPTY_DISC_FRACTION * flat.detach().sum(dim=(-2, -1))).clamp_min(1e-30)  # [N]
+    alive = torch.ones_like(flat, dtype=torch.bool)  # pixels no disc has taken yet
     detached = flat.detach()
 
     peaks, centroids = [], []
     for _ in range(n_peaks):
+        # masked_fill(-inf) = the authors' R·(1 − disc) for positive maps (argmax never lands on a taken pixel)
         remaining = detached.masked_fill(~alive, float("-inf"))  # [N, H, W]
         index = remaining.flatten(1).argmax(dim=1)  # [N]
         peak = torch.stack([index % width, index // width], dim=-1).float()  # [N, 2] (x, y)
-        disc = disc_mask(peak, height, width, radius) & alive  # [N, H, W]
+        disc = disc_mask(peak, height, width, radius)  # [N, H, W], the whole disc
         inside = flat * disc  # [N, H, W]
         mass = inside.sum(dim=(-2, -1))  # [N]
         g = torch.einsum("nhw,hwc->nc", inside, grid) / mass.clamp_min(1e-30).unsqueeze(-1)  # [N, 2]
-        if peaks:  # an exhausted map repeats the first peak (a Python check on the loop index only)
-            empty = (mass.detach() <= empty_below).unsqueeze(-1)  # [N, 1]
+        if peaks:  # a degenerate search repeats the first peak (a Python check on the loop index only)
+            exhausted = ~alive.flatten(1).any(dim=1)  # [N]
+            empty = ((mass.detach() <= empty_below) | exhausted).unsqueeze(-1)  # [N, 1]
             peak = torch.where(empty, peaks[0], peak)
             g = torch.where(empty, centroids[0], g)
         peaks.append(peak)

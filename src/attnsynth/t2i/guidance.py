@@ -32,6 +32,7 @@ __all__ = [
     "GuidanceRun",
     "LatentGuidance",
     "PromptSubjects",
+    "TOKEN_SOFTMAX",
     "check_guidance_inputs",
     "frozen_parameters",
     "plan_subjects",
@@ -39,10 +40,16 @@ __all__ = [
     "schedule_options",
 ]
 
-# "attend-excite" reproduces diffusers' pipeline, whose token softmax runs over all 75 non-BOS/EOS
-# positions (padding included, `prompt_length=None`); the other methods follow the original
-# papers' code and renormalise over the prompt's own tokens.
-_DIFFUSERS_SLICE_METHODS = frozenset({"attend-excite"})
+# Which tokens the Attend-and-Excite token softmax Â = softmax(100·A) runs over (the excitation
+# term of ait2i and attend-excite, divide-bind's maps):
+# * "all" (default): positions [1:-1] — everything but the first and last position, so EOS and
+#   padding take part and the slice is the same for every prompt. This is what the authors' code
+#   of AI-T2I, Attend-and-Excite (SD 1.x) and Divide & Bind does, and diffusers' A&E pipeline.
+# * "prompt": a named variant, renormalised over the prompt's own tokens [1:L−1] (BOS and EOS
+#   excluded), so a subject competes only with the prompt's words, not with EOS/padding mass
+#   (A&E's own code does this only for SD 2.1; attnsynth's ait2i/divide-bind did it before the
+#   parity fix). Measured against the default in benchmarks/RESULTS.md.
+TOKEN_SOFTMAX = ("all", "prompt")
 # The loss part that refinement thresholds are checked against (default: the total).
 _REFINE_PART = {"layout": "box"}
 
@@ -53,7 +60,7 @@ class PromptSubjects:
 
     rows: slice  # rows of the latent batch generated from this prompt
     groups: tuple[SubjectGroup, ...]
-    prompt_length: int | None  # tokens incl. BOS/EOS; None: diffusers' A&E slice over all tokens
+    prompt_length: int | None  # tokens incl. BOS/EOS (token_softmax="prompt"); None: the [1:-1] slice
     boxes: Any = None  # layout boxes for these groups, or None
 
 
@@ -105,13 +112,16 @@ def plan_subjects(
     tokenizer: Any,
     boxes: Any = None,
     images_per_prompt: int = 1,
+    token_softmax: str = "all",
 ) -> list[PromptSubjects]:
     """Resolve ``subjects`` (and ``boxes``) for every prompt → one :class:`PromptSubjects` per prompt.
 
     For a list of prompts, ``subjects`` and ``boxes`` are either shared (``"auto"``, a dict of
-    boxes) or given per prompt (a list with one entry per prompt). Raises ``ValueError`` for a
+    boxes) or given per prompt (a list with one entry per prompt). ``token_softmax`` (see
+    :data:`TOKEN_SOFTMAX`) sets each prompt's ``prompt_length``. Raises ``ValueError`` for a
     subject not in its prompt, a prompt longer than the tokenizer allows, or bad boxes.
     """
+    _check_token_softmax(token_softmax)
     if prompt is None:
         if method is not None or subjects is not None:
             raise ValueError("prompt is None; attention guidance and subjects need the prompt text (not only prompt_embeds)")
@@ -126,10 +136,15 @@ def plan_subjects(
             raise ValueError(f"subjects: method {method!r} needs at least one subject in prompt {text!r} (e.g. ['cat', 'dog'] or 'auto')")
         if box is not None:
             _check_boxes(box, groups, text)
-        length = None if method in _DIFFUSERS_SLICE_METHODS else count_prompt_tokens(text, tokenizer)
+        length = count_prompt_tokens(text, tokenizer) if token_softmax == "prompt" else None
         rows = slice(p * images_per_prompt, (p + 1) * images_per_prompt)
         plans.append(PromptSubjects(rows=rows, groups=groups, prompt_length=length, boxes=box))
     return plans
+
+
+def _check_token_softmax(token_softmax: Any) -> None:
+    if token_softmax not in TOKEN_SOFTMAX:
+        raise ValueError(f"token_softmax={token_softmax!r} is invalid; expected one of {list(TOKEN_SOFTMAX)}")
 
 
 def check_guidance_inputs(
@@ -148,8 +163,10 @@ def check_guidance_inputs(
     boxes: Any,
     loss_weights: Mapping[str, float] | None,
     return_attention_maps: bool,
+    token_softmax: str = "all",
 ) -> None:
     """Reject bad guidance arguments with a one-line ``ValueError`` before any model runs."""
+    _check_token_softmax(token_softmax)
     if method is not None and method not in METHODS:
         raise ValueError(f"method={method!r} is unknown; expected one of {list(METHODS)} or None")
     if boxes is not None and method != "layout":

@@ -13,8 +13,18 @@ BPE tokens), synonyms and repeated mentions act as one subject, and a one-token 
 that token's map. Sum keeps the mass of every token and passes gradient to all of them (a max
 would feed only the winning token at each pixel).
 
-Notation: D = ``diagonal(H, W)``; c(A) = centroid; sg = stop-gradient; p_j, g_j = peak and disc
-centroid of the j-th non-maximum-suppression disc (:func:`attnsynth.attention.geometry.find_peaks`).
+Notation: D = ``diagonal(H, W)`` = √((H−1)² + (W−1)²); E = √(H² + W²); c(A) = centroid;
+sg = stop-gradient; p_j, g_j = peak and disc centroid of the j-th non-maximum-suppression disc
+(:func:`attnsynth.attention.geometry.find_peaks`); Â = softmax over tokens of 100·A.
+
+``method="ait2i"`` is the authors' loss (Hatter77/AI-T2I ``compute_multi_token_loss``), checked
+against numbers recorded from their pipeline (tests/test_parity_ait2i.py). For two single-token
+subjects whose attribute is the token before the noun ("a red cat and a blue dog") every term
+equals theirs. attnsynth generalises it — N subjects (isolation averaged over pairs, aggregation
+and attribute summed over subjects), synonym / multi-token groups (summed maps), the subject's
+real attribute words instead of always token k−1 (no attribute → no attribute term), batched
+images without host syncs, and a fallback for degenerate discs (see ``find_peaks``) — none of
+which changes that case.
 """
 
 from __future__ import annotations
@@ -70,12 +80,9 @@ DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
     "layout": {"box": 1.0, "aggregation": 0.25, "isolation": 0.0, "excitation": 0.0, "attribute": 0.0},
 }
 
-_NORM_EPS = 1e-12  # inside sqrt so that ‖0‖ has a finite (zero) gradient
-
-
 def _norm(vectors: torch.Tensor) -> torch.Tensor:
-    """Euclidean norm over the last dimension with a finite gradient at zero."""
-    return torch.sqrt((vectors**2).sum(dim=-1) + _NORM_EPS)
+    """Euclidean norm over the last dimension (``torch.norm`` of the authors; gradient 0 at 0)."""
+    return torch.linalg.vector_norm(vectors, dim=-1)
 
 
 def _zeros(maps: torch.Tensor) -> torch.Tensor:
@@ -152,22 +159,29 @@ def aggregation_loss(
 ) -> torch.Tensor:
     """AI-T2I aggregation: pull each subject's secondary blobs onto its dominant one → ``[B]``.
 
-    Per group k (3-peak NMS on its map A_k):
-    ``L_agg,k = [Σ_j ‖sg(p_1) − g_j‖ + Σ_{2≤j<l} ‖g_j − g_l‖] / D``
-    (for 3 peaks the second sum is ‖g_2 − g_3‖). ``reduction`` over groups: "mean" or "sum"
-    (the paper's Σ_k, used by :func:`guidance_loss`). No groups → 0.
+    Per group k (``n_peaks``-disc NMS of radius ``radius`` on its map A_k):
+    ``L_agg,k = [Σ_j ‖sg(p_1) − g_j‖ + ‖g_2 − g_3‖] / D`` (the spread term only for n ≥ 3,
+    as the authors' code). ``reduction`` over groups: "mean" or "sum" (the authors' Σ_k, used by
+    :func:`guidance_loss`). No groups → 0.
     """
     _check_reduction(reduction)
     if not groups:
         return _zeros(maps)
     subject_maps = group_maps(maps, groups)  # [B, K, H, W]
     peaks, centres = find_peaks(subject_maps, n_peaks=n_peaks, radius=radius)  # [B, K, n, 2] each
-    pull = _norm(peaks[..., :1, :] - centres).sum(dim=-1)  # [B, K]
-    spread = [_norm(centres[..., j, :] - centres[..., l, :]) for j, l in itertools.combinations(range(1, n_peaks), 2)]
-    if spread:
-        pull = pull + torch.stack(spread, dim=-1).sum(dim=-1)
-    per_group = pull / diagonal(*subject_maps.shape[-2:])
+    per_group = _blob_pull(peaks[..., :1, :], centres) / diagonal(*subject_maps.shape[-2:])  # [B, K]
     return per_group.mean(dim=-1) if reduction == "mean" else per_group.sum(dim=-1)
+
+
+def _blob_pull(target: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """``Σ_j ‖sg(target) − g_j‖ + ‖g_2 − g_3‖`` → ``[...]``; target ``[..., 1, 2]``, centres ``[..., n, 2]``.
+
+    The distance sum shared by the aggregation and attribute terms (the spread term needs 3 discs).
+    """
+    pull = _norm(target.detach() - centres).sum(dim=-1)
+    if centres.shape[-2] >= 3:  # a shape check, not a value check
+        pull = pull + _norm(centres[..., 1, :] - centres[..., 2, :])
+    return pull
 
 
 def isolation_loss(
@@ -175,7 +189,9 @@ def isolation_loss(
 ) -> torch.Tensor:
     """AI-T2I isolation: push different subjects' attention apart → ``[B]``, mean over pairs i < j.
 
-    ``distance="euclidean"``: ``1 − ‖c(A_i) − c(A_j)‖ / D`` (the public code, for 2 subjects).
+    ``distance="euclidean"``: ``1 − ‖c(A_i) − c(A_j)‖ / E`` with E = √(H² + W²) (22.63 for
+    16×16, not the pixel-centre diagonal D) — the authors' term for 2 subjects, whose centroids are
+    of the whole (unsmoothed) maps.
     ``distance="cosine"``: ``⟨A_i, A_j⟩ / (‖A_i‖‖A_j‖)``, the overlap of the flattened maps.
     Fewer than two groups → 0.
     """
@@ -190,7 +206,8 @@ def isolation_loss(
     if distance == "euclidean":
         centres = centroid(subject_maps)  # [B, K, 2]
         gaps = _norm(centres[:, first] - centres[:, second])  # [B, P]
-        per_pair = 1.0 - gaps / diagonal(*subject_maps.shape[-2:])
+        height, width = subject_maps.shape[-2:]
+        per_pair = 1.0 - gaps / math.hypot(height, width)  # E, the authors' normaliser of this term
     else:
         flat = subject_maps.flatten(2)  # [B, K, HW]
         unit = flat / flat.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -209,9 +226,12 @@ def attribute_loss(
     """AI-T2I attribute alignment: pull each attribute's blobs onto its noun's peak → ``[B]``.
 
     For a group with attribute tokens (their maps summed into A_adj; "a small red cat" → small +
-    red): ``L_adj = Σ_j ‖sg(p_1(A_noun)) − g_j(A_adj)‖ / D`` with NMS of radius ``radius`` on
-    A_adj. ``reduction`` over the groups that have attributes ("mean" or the paper's "sum");
-    no attributes anywhere → 0.
+    red): ``L_adj = [Σ_j ‖sg(p_1(A_noun)) − g_j(A_adj)‖ + ‖g_2 − g_3‖] / D`` with the NMS of
+    radius ``radius`` on A_adj and p_1(A_noun) the argmax of the noun's map — the authors' term,
+    whose adjective is always the token before the noun; here it is the subject's own attribute
+    words (:mod:`attnsynth.t2i.subjects`), and a subject without one has no attribute term.
+    ``reduction`` over the groups that have attributes ("mean" or the authors' "sum"); no
+    attributes anywhere → 0.
     """
     _check_reduction(reduction)
     bound = [g for g in groups if g.attribute_indices]
@@ -221,12 +241,20 @@ def attribute_loss(
     attribute_maps = group_maps(maps, bound, token_field="attribute_indices")  # [B, K, H, W]
     noun_peak = find_peaks(noun_maps, n_peaks=1, radius=radius)[0]  # [B, K, 1, 2], no gradient
     _, centres = find_peaks(attribute_maps, n_peaks=n_peaks, radius=radius)  # [B, K, n, 2]
-    per_group = _norm(noun_peak - centres).sum(dim=-1) / diagonal(*noun_maps.shape[-2:])  # [B, K]
+    per_group = _blob_pull(noun_peak, centres) / diagonal(*noun_maps.shape[-2:])  # [B, K]
     return per_group.mean(dim=-1) if reduction == "mean" else per_group.sum(dim=-1)
 
 
 def _text_softmax(maps: torch.Tensor, prompt_length: int | None) -> torch.Tensor:
-    """A&E's token re-normalisation ``softmax(100·A[..., 1:L−1])`` over tokens → ``[B, H, W, L−2]``."""
+    """Token re-normalisation ``softmax(100·A[..., 1:L−1])`` over tokens → ``[B, H, W, L−2]``.
+
+    ``prompt_length=None`` (L = T) is the slice ``[1:-1]`` of the authors' AI-T2I, Attend-and-
+    Excite (SD 1.x) and Divide & Bind code and of diffusers' A&E pipeline: every position but
+    the first and last, so EOS and padding take part — the same slice for every prompt. A
+    prompt's own length (BOS and EOS counted) renormalises over its words only (the
+    ``token_softmax="prompt"`` variant of the pipelines; A&E's original code does this only for
+    SD 2.1, its ``sd_2_1`` flag).
+    """
     _check_maps(maps)
     num_tokens = maps.shape[-1]
     length = num_tokens if prompt_length is None else prompt_length
@@ -266,8 +294,10 @@ def max_attention_per_subject(
 ) -> torch.Tensor:
     """A&E activation per subject → ``[B, K]``: ``max_{x} G(Σ_{t∈k} Â_t)(x)``, Â = softmax(100·A[1:L−1]).
 
-    ``prompt_length`` counts BOS and EOS (None = T, diffusers' ``[1:-1]`` slice). Used for the
-    excitation loss and for A&E's refinement thresholds.
+    ``prompt_length`` counts BOS and EOS (None = T: the authors' ``[1:-1]`` slice, see
+    :func:`_text_softmax`). G = reflect-pad by 1 and the 3×3 Gaussian of σ = 0.5
+    (:func:`~attnsynth.attention.geometry.gaussian_smooth`). Used for the excitation loss and
+    for A&E's refinement thresholds.
     """
     return _max_attention(
         maps,
@@ -282,7 +312,10 @@ def max_attention_per_subject(
 def excitation_loss(
     maps: torch.Tensor, groups: Sequence[SubjectGroup], *, prompt_length: int | None, smooth: bool = True
 ) -> torch.Tensor:
-    """Attend-and-Excite term ``L_exc = max(0, 1 − min_k max Â_k)`` over subject groups → ``[B]``."""
+    """Attend-and-Excite term ``L_exc = max(0, 1 − min_k max G(Â_k))`` over subject groups → ``[B]``.
+
+    AI-T2I's excitation term with ``prompt_length=None`` (softmax over ``[1:-1]``).
+    """
     if not groups:
         return _zeros(maps)
     peak = max_attention_per_subject(maps, groups, prompt_length=prompt_length, smooth=smooth)  # [B, K]
@@ -302,7 +335,8 @@ def attend_excite_loss(
 
     Equals ``_compute_loss(_compute_max_attention_per_index(maps[b], token_indices))`` of
     ``StableDiffusionAttendAndExcitePipeline`` for every b when ``prompt_length=None`` (diffusers
-    slices ``[1:-1]``); with the prompt's length it uses the original A&E slice ``[1:L−1]``.
+    and A&E's own SD 1.x code slice ``[1:-1]``); with the prompt's length it renormalises over the
+    prompt's tokens ``[1:L−1]`` (A&E's ``sd_2_1`` behaviour).
     """
     if len(token_indices) == 0:  # no subjects: nothing to excite
         return _zeros(maps)
@@ -358,11 +392,23 @@ def divide_bind_loss(
 ) -> torch.Tensor:
     """Divide & Bind → ``[B]``: ``w_a·L_attend + w_b·L_bind``.
 
-    Â as in A&E (softmax(100·A[1:L−1]) over tokens, Gaussian smoothing), summed per group.
+    Â as in A&E (softmax(100·A[1:L−1]) over tokens, L = T for ``prompt_length=None`` = the
+    authors' ``[1:-1]``; Gaussian smoothing), summed per group.
     ``L_attend = −min_k TV(Â_k)`` (maximise the total variation of the worst subject, so each
     subject's attention forms distinct high-contrast regions); ``L_bind`` = mean over groups with
     attributes of ``JSD(Â_noun/ΣÂ_noun ‖ Â_adj/ΣÂ_adj)``. Weights default to
     ``DEFAULT_WEIGHTS["divide-bind"]``.
+
+    This is attnsynth's formulation of the paper, **not** the authors' function
+    (boschresearch/Divide-and-Bind ``_compute_loss_geiven_attn_map``), which differs in three
+    ways: (1) its TV's second term compares the *last* row with every row,
+    ``mean|A[−1, :] − A[1:, :]|``, where this uses adjacent rows (on seeded 16×16 maps the
+    attendance values differ by ~6 %); (2) its default mode ``"tv"`` has no binding term, and
+    its ``"tv_bind"`` mode computes the binding on attribute maps from the 32²/64² layers,
+    rescaled, pixel-softmaxed and thresholded, with a step-dependent weight 1/5/10, per token
+    inside ``max_k``; (3) it refines at steps 0/10/20 while ``min_k TV < 0.05/0.2/0.3`` (up to
+    50 iterations, 100 at step 0), where this pipeline does not refine. The token slice and the
+    smoothing are the authors' (``[1:-1]``, 3×3 Gaussian σ = 0.5).
     """
     total, _ = guidance_loss("divide-bind", maps, groups, prompt_length=prompt_length, weights=weights)
     return total
@@ -442,8 +488,10 @@ def guidance_loss(
 
     ``total = Σ_term weight·part`` with ``DEFAULT_WEIGHTS[method]`` updated by ``weights``; terms
     of weight 0 are skipped (absent from ``parts``). ait2i: isolation, aggregation (Σ over
-    subjects), excitation, attribute (Σ). attend-excite: excitation. divide-bind: attendance,
-    binding. layout: box (``boxes`` required) and the ait2i terms with their layout weights.
+    subjects), excitation, attribute (Σ) — with ``prompt_length=None`` the authors' L.
+    attend-excite: excitation. divide-bind: attendance, binding. layout: box (``boxes``
+    required) and the ait2i terms with their layout weights. ``prompt_length`` only matters to
+    the token softmax Â (excitation, divide-bind): None = the authors' ``[1:-1]`` slice.
     """
     if method not in DEFAULT_WEIGHTS:
         raise ValueError(f"method={method!r} is unknown; expected one of {list(METHODS)}")

@@ -88,6 +88,7 @@ class AttentionGuidedStableDiffusionPipeline(StableDiffusionPipeline):
         attention_res: tuple[int, int] | None = None,
         boxes: Any = None,
         loss_weights: Mapping[str, float] | None = None,
+        token_softmax: str = "all",
         return_attention_maps: bool = False,
     ) -> AttentionGuidedStableDiffusionPipelineOutput | tuple:
         """Generate images; the arguments after ``*`` steer the cross-attention.
@@ -100,6 +101,8 @@ class AttentionGuidedStableDiffusionPipeline(StableDiffusionPipeline):
         attention_res: map grid ``(h, w)``; None → (H/32, W/32) (16×16 at 512²).
         boxes: ``{subject: (x0, y0, x1, y1)}`` in [0, 1] for ``method="layout"``.
         loss_weights: overrides of ``attnsynth.t2i.losses.DEFAULT_WEIGHTS[method]``.
+        token_softmax: tokens of the excitation softmax: ``"all"`` (the authors' ``[1:-1]``) or the
+            variant ``"prompt"`` (the prompt's own tokens); see ``attnsynth.t2i.guidance.TOKEN_SOFTMAX``.
         return_attention_maps: also return every step's conditional maps ``[steps, B, h, w, T]``.
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
@@ -141,6 +144,7 @@ class AttentionGuidedStableDiffusionPipeline(StableDiffusionPipeline):
             boxes=boxes,
             loss_weights=loss_weights,
             return_attention_maps=return_attention_maps,
+            token_softmax=token_softmax,
         )
         self._guidance_scale = guidance_scale
         self._guidance_rescale = guidance_rescale
@@ -183,6 +187,7 @@ class AttentionGuidedStableDiffusionPipeline(StableDiffusionPipeline):
             tokenizer=self.tokenizer,
             boxes=boxes,
             images_per_prompt=num_images_per_prompt,
+            token_softmax=token_softmax,
         )
 
         # 5. Timesteps.

@@ -83,6 +83,7 @@ class AttentionGuidedStableDiffusionXLPipeline(StableDiffusionXLPipeline):
         attention_res: tuple[int, int] | None = None,
         boxes: Any = None,
         loss_weights: Mapping[str, float] | None = None,
+        token_softmax: str = "all",
         return_attention_maps: bool = False,
     ) -> AttentionGuidedStableDiffusionXLPipelineOutput | tuple:
         """Generate images; the arguments after ``*`` steer the cross-attention (as in the SD pipeline)."""
@@ -129,6 +130,7 @@ class AttentionGuidedStableDiffusionXLPipeline(StableDiffusionXLPipeline):
             boxes=boxes,
             loss_weights=loss_weights,
             return_attention_maps=return_attention_maps,
+            token_softmax=token_softmax,
         )
         self._guidance_scale = guidance_scale
         self._guidance_rescale = guidance_rescale
@@ -178,6 +180,7 @@ class AttentionGuidedStableDiffusionXLPipeline(StableDiffusionXLPipeline):
             tokenizer=self.tokenizer,
             boxes=boxes,
             images_per_prompt=num_images_per_prompt,
+            token_softmax=token_softmax,
         )
 
         # 5. Timesteps.
