@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from attnsynth.shapes_t2i.personalize import (
     PersonalizeBenchConfig,
     concept_data,
+    concept_presence,
     personalize_markdown,
     personalize_prompts,
     run_personalize_benchmark,
@@ -21,7 +22,7 @@ from attnsynth.shapes_t2i.personalize import (
 )
 from attnsynth.t2i.testing import tiny_sd_pipeline
 from attnsynth.t2i.textual_inversion import EMBEDS_FILE, TextualInversionConfig, train_textual_inversion
-from attnsynth.toyworld.shapes import SHAPES, detect, ALL_SHAPES
+from attnsynth.toyworld.shapes import ALL_SHAPES, SHAPES, detect
 
 CAPTIONS = ["a red <heart>", "a blue <heart>", "a <heart>", "a green <heart>"]
 
@@ -106,8 +107,8 @@ def test_concept_images_show_the_novel_shape_in_every_colour():
     uint8 = ((images.permute(0, 2, 3, 1) + 1) * 127.5).round().byte().numpy()
     found = [[(d.shape, d.colour) for d in detect(im, shapes=ALL_SHAPES)] for im in uint8]
     assert [f[0][0] for f in found] == ["heart"] * 8 and len({f[0][1] for f in found}) == 8
-    with pytest.raises(ValueError, match="novel shape"):
-        concept_data("circle")
+    with pytest.raises(ValueError, match="shape must be one of"):
+        concept_data("hexagon")
 
 
 def test_personalize_prompts_combine_the_novel_shape_with_known_ones():
@@ -138,6 +139,9 @@ def test_personalize_benchmark_end_to_end_on_the_shipped_model(tmp_path):
     assert "<heart>" not in results["prompts"]["1"][0] and "heart" in results["prompts"]["1"][0]
     table = personalize_markdown(results)
     assert table.count("\n") == 2 + 2 * 4 - 1 and "| 1 | ait2i | 1 |" in table
+    presence = concept_presence(fresh, "<heart>", "heart", n_images=2, num_inference_steps=3)
+    assert presence["images"] == 2 and 0 <= presence["in_colour"] <= presence["shape_shown"] <= 1
+    assert all(shape in ALL_SHAPES for shape in presence["found_shapes"])
 
 
 def test_cli_trains_a_concept_and_checks_the_bench_arguments(tmp_path):

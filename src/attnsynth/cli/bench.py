@@ -125,13 +125,10 @@ def clip_command(
         prompt_list = protocol_prompts(tuple(s.strip() for s in sets.split(",") if s.strip()))
         if limit is not None:
             prompt_list = [p for s in dict.fromkeys(q.prompt_set for q in prompt_list) for p in [q for q in prompt_list if q.prompt_set == s][:limit]]
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-
+    from attnsynth.cli._quiet import quiet_torch
     from attnsynth.utils.distributed import make_accelerator
+
+    quiet_torch(None)
 
     accelerator = make_accelerator()
     if model is not None:

@@ -6,20 +6,9 @@ from pathlib import Path
 
 import typer
 
+from attnsynth.cli._quiet import quiet_torch
+
 app = typer.Typer(help="Personalised generation: learn a new token by textual inversion; benchmark it with guidance.", no_args_is_help=True)
-
-
-def _quiet(threads: int | None) -> None:
-    import torch
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
 
 
 @app.command("train")
@@ -47,7 +36,7 @@ def train_command(
                                     learning_rate=learning_rate, seed=seed, checkpoint_every=checkpoint_every)
     if images is not None and "{}" not in caption:
         raise ValueError(f"--caption must contain {{}} for the placeholder, got {caption!r}")
-    _quiet(threads)
+    quiet_torch(threads)
     from attnsynth.shapes_t2i.model import load_t2i_pipeline
 
     pipe = load_t2i_pipeline(model, device=device)
@@ -90,7 +79,7 @@ def bench_command(
         raise ValueError(f"--known must be a comma list of integers in 1..3, got {known!r}") from None
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
     PersonalizeBenchConfig(n_prompts=prompts, n_seeds=seeds, known_counts=counts, methods=chosen, placeholder=placeholder)  # checks, before loading
-    _quiet(threads)
+    quiet_torch(threads)
     pipe = load_t2i_pipeline(model, device=device)
     pipe.load_textual_inversion(str(embeds), token=placeholder)
     config = PersonalizeBenchConfig.for_pipeline(pipe, n_prompts=prompts, n_seeds=seeds, known_counts=counts, methods=chosen, placeholder=placeholder)

@@ -27,15 +27,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from attnsynth.t2i.textual_inversion import TextualInversionConfig, TextualInversionResult, train_textual_inversion
+from attnsynth.t2i.textual_inversion import EMBEDS_FILE, TextualInversionConfig, TextualInversionResult, train_textual_inversion
 
 __all__ = [
     "CONCEPT_SEED_START",
+    "EMBEDS_FILE",
     "PERSONALIZE_METHODS",
     "PLACEHOLDER",
     "PROMPT_SEED_START",
     "PersonalizeBenchConfig",
     "concept_data",
+    "concept_presence",
     "personalize_markdown",
     "personalize_prompts",
     "run_personalize_benchmark",
@@ -72,11 +74,13 @@ def concept_data(shape: str = "heart", *, n: int = 32, resolution: int = 64, pla
     """``n`` rendered images of one ``shape`` each → ``(images [n, 3, R, R] in [-1, 1], captions)``.
 
     Image i has colour ``COLOURS[i % 8]`` and scene seed ``seed_start + i``; its caption is the
-    renderer's ("a red heart") with the noun replaced by ``placeholder``.
+    renderer's ("a red heart") with the noun replaced by ``placeholder``. ``shape`` is normally a
+    novel one; a known shape gives the positive control (can the token learn what the model can draw?).
     """
-    from attnsynth.toyworld.shapes import COLOURS, ObjectSpec, render_objects
+    from attnsynth.toyworld.shapes import ALL_SHAPES, COLOURS, ObjectSpec, render_objects
 
-    _check_novel(shape)
+    if shape not in ALL_SHAPES:
+        raise ValueError(f"shape must be one of {', '.join(ALL_SHAPES)}, got {shape!r}")
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1024:
         raise ValueError(f"n must be an integer in 1..1024, got {n!r}")
     colours = list(COLOURS)
@@ -92,6 +96,37 @@ def train_concept(pipe: Any, config: TextualInversionConfig, *, shape: str = "he
     resolution = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     images, captions = concept_data(shape, n=n_images, resolution=resolution, placeholder=config.placeholder)
     return train_textual_inversion(pipe, images, captions, config, out_dir=out_dir, on_step=on_step)
+
+
+def concept_presence(pipe: Any, placeholder: str, shape: str, *, n_images: int = 16, num_inference_steps: int | None = None,
+                     guidance_scale: float | None = None) -> dict[str, Any]:
+    """Generate "a {colour} {placeholder}" (colours in turn, seed i for image i) and read what the oracle finds.
+
+    Returns the share of images showing ``shape`` (any colour; in the asked colour) and a count of
+    every shape found, so one sees what the learned token draws instead.
+    """
+    from collections import Counter
+
+    from attnsynth.shapes_t2i.bench import wilson_interval
+    from attnsynth.toyworld.shapes import ALL_SHAPES, COLOURS, detect
+
+    defaults = dict(getattr(pipe, "attnsynth_defaults", {}) or {})
+    steps = num_inference_steps or defaults.get("num_inference_steps", 25)
+    cfg = guidance_scale if guidance_scale is not None else defaults.get("guidance_scale", 3.0)
+    colours = [list(COLOURS)[i % len(COLOURS)] for i in range(n_images)]
+    prompts = [f"a {c} {placeholder}" for c in colours]
+    generators = [torch.Generator(device="cpu").manual_seed(i) for i in range(n_images)]
+    out = pipe(prompts, num_inference_steps=steps, guidance_scale=cfg, generator=generators, output_type="np").images
+    images = (np.clip(out, 0, 1) * 255).round().astype(np.uint8)  # [N, H, W, 3]
+    found = [detect(image, shapes=ALL_SHAPES) for image in images]
+    shown = [any(d.shape == shape and d.confidence >= 0.5 for d in f) for f in found]
+    bound = [any(d.shape == shape and d.colour == c and d.confidence >= 0.5 for d in f) for f, c in zip(found, colours)]
+    return {
+        "images": n_images,
+        "shape_shown": float(np.mean(shown)), "shape_shown_ci": wilson_interval(sum(shown), n_images),
+        "in_colour": float(np.mean(bound)), "in_colour_ci": wilson_interval(sum(bound), n_images),
+        "found_shapes": dict(Counter(d.shape for f in found for d in f if d.confidence >= 0.5)),
+    }
 
 
 def personalize_prompts(n_known: int, n_prompts: int, *, shape: str = "heart", seed_start: int = PROMPT_SEED_START) -> list[tuple[str, Any, int]]:
@@ -155,11 +190,11 @@ class PersonalizeBenchConfig:
 
     @classmethod
     def for_pipeline(cls, pipe: Any, **overrides: Any) -> "PersonalizeBenchConfig":
-        """The model's recommended settings (``pipe.attnsynth_defaults``), then ``overrides`` (None = keep)."""
-        defaults = dict(getattr(pipe, "attnsynth_defaults", {}) or {})
-        settings: dict[str, Any] = {k: defaults[k] for k in ("num_inference_steps", "guidance_scale", "guided_steps", "step_size") if k in defaults}
-        if "attention_res" in defaults:
-            settings["attention_res"] = tuple(defaults["attention_res"])
+        """The model's recommended settings (``pipe.attnsynth_defaults``, read as the guidance benchmark reads them), then ``overrides`` (None = keep)."""
+        from attnsynth.shapes_t2i.bench import BenchConfig
+
+        recommended = BenchConfig.for_pipeline(pipe)
+        settings: dict[str, Any] = {k: getattr(recommended, k) for k in ("num_inference_steps", "guidance_scale", "guided_steps", "step_size", "attention_res")}
         settings.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**settings)
 
