@@ -144,3 +144,117 @@ def test_discriminator_equals_the_authors_code():
     for key, value in updated.items():
         if key.endswith(("weight_u", "weight_v")):
             assert _max_diff(value, GOLDEN[f"disc_train_sn.{key}"]) < TOLERANCE, key
+
+
+# ---- `attnsynth sis import-official` -------------------------------------------------------------------------
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from attnsynth.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _write_face(tmp_path, index=0):
+    from PIL import Image
+
+    image, labels = tmp_path / f"face{index}.png", tmp_path / f"labels{index}.png"
+    Image.fromarray(GOLDEN["pixels"][index].numpy()).save(image)
+    Image.fromarray(GOLDEN["labels"][index].numpy()).save(labels)
+    return image, labels
+
+
+def _official_files(tmp_path):
+    generator, discriminator = tmp_path / "latest_net_G.pth", tmp_path / "latest_net_D.pth"
+    torch.save(official_state_dict("generator"), generator)
+    torch.save(official_state_dict("discriminator"), discriminator)
+    return generator, discriminator
+
+
+SMALL_ARGS = ("--config", "small", "--classes", 19, "--resolution", 32)
+
+
+def test_import_official_then_reconstruct_equals_the_authors_image(tmp_path):
+    """State dicts in the authors' layout → import-official → `sis reconstruct` = their G(x, m, m) (uint8 ±1)."""
+    import numpy as np
+    from PIL import Image
+
+    from attnsynth.sis.edits import load_mapping, load_model
+    from attnsynth.utils.images import to_uint8
+
+    generator, discriminator = _official_files(tmp_path)
+    run = tmp_path / "run"
+    result = _cli("sis", "import-official", "--generator", generator, "--discriminator", discriminator, "--out", run, *SMALL_ARGS)
+    assert result.exit_code == 0, result.output
+    image, labels = _write_face(tmp_path)
+    result = _cli("sis", "reconstruct", "--checkpoint", run, "--image", image, "--mask", labels, "--out", tmp_path / "rec.png")
+    assert result.exit_code == 0, result.output
+    ours = np.asarray(Image.open(tmp_path / "rec.png").convert("RGB"), dtype=np.int16)
+    theirs = to_uint8(GOLDEN["image"][0]).astype(np.int16)
+    assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 1
+    # the imported mapping network (their noise_encoder.*) is the one `sis sample` uses
+    model, _ = load_model(run)
+    mapping = load_mapping(run, model)
+    with torch.no_grad():
+        tokens = mapping(GOLDEN["z"], torch.ones(2, 19, dtype=torch.bool))
+    assert _max_diff(tokens, GOLDEN["mapping"]) < TOLERANCE
+    result = _cli("sis", "sample", "--checkpoint", run, "--mask", labels, "--n", 2, "--out", tmp_path / "sample.png")
+    assert result.exit_code == 0, result.output
+
+
+def test_import_official_refuses_a_pickle_that_carries_code(tmp_path):
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "latest_net_G.pth"
+    torch.save({"encs.encs.0.weight": Payload()}, evil)
+    result = _cli("sis", "import-official", "--generator", evil, "--out", tmp_path / "run", *SMALL_ARGS)
+    assert isinstance(result.exception, ValueError), result.output
+    message = str(result.exception)
+    assert "--generator" in message and "not a plain tensor state dict" in message and "\n" not in message
+    assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+def test_import_official_names_every_missing_extra_and_misshaped_tensor(tmp_path):
+    state = official_state_dict("generator")
+    del state["reshape_conv.bias"]
+    state["cross2.transformer_blocks.0.attn2.to_v.weight"] = torch.zeros(3, 3)
+    state["extra.tensor"] = torch.zeros(1)
+    path = tmp_path / "latest_net_G.pth"
+    torch.save(state, path)
+    result = _cli("sis", "import-official", "--generator", path, "--out", tmp_path / "run", *SMALL_ARGS)
+    assert isinstance(result.exception, ValueError), result.output
+    message = str(result.exception)
+    assert "\n" not in message and not (tmp_path / "run").exists()
+    assert "missing 1: reshape_conv.bias" in message and "extra 1: extra.tensor" in message
+    assert "mis-shaped 1: cross2.transformer_blocks.0.attn2.to_v.weight (3, 3)" in message
+
+
+@pytest.mark.slow  # ≈ 8 s of CPU, 25 s wall on the shared 2-core machine
+def test_every_sis_command_accepts_an_imported_run_and_train_resume_fine_tunes_it(tmp_path):
+    from safetensors.torch import load_file as load
+
+    generator, discriminator = _official_files(tmp_path)
+    run = tmp_path / "run"
+    result = _cli("sis", "import-official", "--generator", generator, "--discriminator", discriminator, "--out", run,
+                  *SMALL_ARGS, "--data", "toy-faces")
+    assert result.exit_code == 0, result.output
+    (image, labels), (other, other_labels) = _write_face(tmp_path, 0), _write_face(tmp_path, 1)
+    common = ("--checkpoint", run, "--image", image, "--mask", labels)
+    for args in (("transfer", *common, "--reference", other, "--reference-mask", other_labels, "--classes", "hair"),
+                 ("swap-shape", *common, "--donor-mask", other_labels, "--classes", "hair"),
+                 ("interpolate", *common, "--other-mask", other_labels, "--alphas", "0,1")):
+        result = _cli("sis", *args, "--out", tmp_path / f"{args[0]}.png")
+        assert result.exit_code == 0, (args[0], result.output)
+    result = _cli("sis", "evaluate", "--checkpoint", run, "--data", "toy-faces", "--n", 2, "--noise-levels", "0", "--json")
+    assert result.exit_code == 0, result.output
+    before = load(str(run / "model.safetensors"))
+    result = _cli("sis", "train", "--data", "toy-faces", "--out", run, "--config", "small", "--resolution", 32, "--resume",
+                  "--steps", 2, "--sample-every", 0, "--checkpoint-every", 0, "--log-every", 1)
+    assert result.exit_code == 0, result.output
+    after = load(str(run / "model.safetensors"))
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    assert (run / "mapping.safetensors").is_file()  # fine-tuning keeps the imported mapping network beside the model

@@ -304,3 +304,5 @@ def evaluate_command(
                      segmenter=str(segmenter) if segmenter else None, seed=seed, device=device)
     report = evaluate(cfg, progress=not as_json)
     typer.echo(to_json(report) if as_json else format_report(report))
+
+from attnsynth.cli import sis_official  # noqa: E402,F401  (registers `sis import-official`)

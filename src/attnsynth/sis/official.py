@@ -224,3 +224,84 @@ def read_state_dict(path: str | Path, *, argument: str) -> dict[str, torch.Tenso
     if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise ValueError(f"{argument} {path} holds a {type(state).__name__}, not a plain {{name: tensor}} state dict")
     return dict(state)
+
+
+def import_checkpoint(generator: str | Path, *, out: str | Path, config: SISConfig, discriminator: str | Path | None = None,
+                      data: str | None = None, seed: int = 0, say: Callable[[str], None] = print) -> Path:
+    """Convert the authors' ``latest_net_G.pth`` (+ ``latest_net_D.pth``) into a run directory `out`.
+
+    `out` gets ``config.json`` + ``model.safetensors`` (style encoder, mask embedder, decoder),
+    ``mapping.safetensors`` (their ``noise_encoder.*``), ``discriminator.safetensors`` (with `discriminator`) and
+    ``labelset.json``: what the editing commands, ``sample``, ``evaluate`` and ``train-mapping`` read. With
+    `data` it also gets ``train_config.json`` and a step-0 ``checkpoint/`` (fresh Adam states, EMA = the imported
+    generator, a freshly initialised discriminator when none is given), so ``attnsynth sis train --data DATA
+    --out OUT --config NAME --resolution R --resume --steps N`` fine-tunes it. Every input is read and checked
+    before anything is written; the directory appears atomically.
+    """
+    from attnsynth.sis.checkpoint import LABELSET_FILE, load_labelset, save_training_state
+    from attnsynth.sis.mapping import MappingNetwork
+    from attnsynth.sis.model import SISModel, build_discriminator
+    from attnsynth.utils.io import atomic_directory, atomic_write_json
+
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"--out {out} already exists; choose a new run directory")
+    g_state = read_state_dict(generator, argument="--generator")
+    check_layout(g_state, config, "generator", name=f"--generator {generator}")
+    d_state = None
+    if discriminator is not None:
+        d_state = read_state_dict(discriminator, argument="--discriminator")
+        check_layout(d_state, config, "discriminator", name=f"--discriminator {discriminator}")
+    train_config = label_set = None
+    if data is not None:  # check the fine-tuning options now, not after writing
+        from attnsynth.data import load_dataset
+        from attnsynth.sis.train_config import TrainConfig
+
+        train_config = TrainConfig(data=data, out=str(out), config=config.name, resolution=config.resolution, seed=seed)
+        dataset = load_dataset(data, split="train", resolution=config.resolution, layout=train_config.layout,
+                               toy_n=train_config.toy_n, seed=seed)
+        if dataset.num_classes != config.num_classes:
+            raise ValueError(f"--data {data} has {dataset.num_classes} classes; the checkpoint has {config.num_classes}")
+        label_set = dataset.label_set
+    tensors = to_attnsynth(g_state, config, "generator")
+    model = SISModel(config)
+    model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("mapping.")})
+    mapping = MappingNetwork(config)
+    mapping.load_state_dict({k.removeprefix("mapping."): v for k, v in tensors.items() if k.startswith("mapping.")})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        disc = build_discriminator(config)  # fresh (seeded) unless the authors' weights are loaded below
+    if d_state is not None:
+        disc.load_state_dict(to_attnsynth(d_state, config, "discriminator"))
+    extra = {"mapping": mapping.state_dict()}
+    if d_state is not None:
+        extra["discriminator"] = disc.state_dict()
+    label_set = label_set or load_labelset(out, config.num_classes)  # no labelset.json yet: CelebAMask-HQ for 19 classes
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp, extra_state_dicts=extra, overwrite=True)
+        atomic_write_json(tmp / LABELSET_FILE, label_set.to_dict())
+        if train_config is not None:
+            _write_resumable(tmp, model=model, discriminator=disc, train_config=train_config, label_set=label_set,
+                             save_training_state=save_training_state)
+    if d_state is None and train_config is not None:
+        say("note: no --discriminator given: fine-tuning starts from a freshly initialised discriminator")
+    return out
+
+
+def _write_resumable(run: Path, *, model, discriminator, train_config, label_set, save_training_state) -> None:
+    """``train_config.json`` + a step-0 ``checkpoint/`` in the layout `attnsynth.sis.trainer.train` resumes from."""
+    import copy
+
+    from attnsynth.sis.trainer import CHECKPOINT_DIR, TRAIN_CONFIG_FILE
+    from attnsynth.utils.io import atomic_write_json
+
+    opt_g = torch.optim.Adam(model.parameters(), lr=train_config.lr_g, betas=train_config.betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=train_config.lr_d, betas=train_config.betas)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    save_training_state(run / CHECKPOINT_DIR, modules={"generator": model, "discriminator": discriminator, "ema": ema},
+                        optimizers={"generator": opt_g, "discriminator": opt_d},
+                        state={"step": 0, "seed": train_config.seed, "processes": 1, "scaler": None})
+    atomic_write_json(run / TRAIN_CONFIG_FILE, {
+        "train": train_config.to_dict(), "model": model.config.to_dict(), "label_set": label_set.to_dict(),
+        "processes": 1, "perceptual_loss": False, "imported_from": "TFonta/CA2SIS checkpoint",
+    })
