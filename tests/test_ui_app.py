@@ -198,6 +198,7 @@ def _shot(driver, folder: Path, name: str) -> Path:
 
 
 def test_browser_sis_edit_t2i_generation_and_error(server, models, tmp_path_factory):
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -211,18 +212,39 @@ def test_browser_sis_edit_t2i_generation_and_error(server, models, tmp_path_fact
         wait.until(lambda d: d.find_elements(By.ID, "sis-run"))
         assert "CA²-SIS" in driver.page_source and "AI-T2I" in driver.page_source
 
-        # CA²-SIS: the default source/reference (gallery faces 0 and 1), the "eyes" preset and "hair" ticked.
+        # CA²-SIS, painting: a background-coloured stroke (the brush's first colour) across the source's map.
+        source = handlers.gallery_face(0, sis.resolution)
+        before = driver.find_element(By.CSS_SELECTOR, "#sis-source-view img").get_attribute("src")
+        driver.execute_script("document.querySelector('#sis-paint button').click()")
+        editor = wait.until(lambda d: d.find_element(By.ID, "sis-editor"))
+        wait.until(lambda d: editor.find_elements(By.CSS_SELECTOR, "canvas"))
+        editor.find_element(By.CSS_SELECTOR, "button[aria-label='Brush']").click()
+        stroke = ActionChains(driver).move_to_element_with_offset(editor.find_element(By.CSS_SELECTOR, "canvas"), -60, -60)
+        stroke = stroke.click_and_hold()
+        for _ in range(12):
+            stroke = stroke.move_by_offset(10, 10)
+        stroke.release().perform()
+        driver.find_element(By.ID, "sis-apply-paint").click()
+        view = _wait_image(driver, "sis-source-view", previous=before)  # image | label map, enlarged
+        width = view.shape[1] // 2
+        painted = handlers.canvas_to_labels(view[::VIEW_SCALE, width::VIEW_SCALE], sis.model.config.num_classes, sis.resolution)
+        changed = painted != source.labels
+        assert changed.sum() > 10 and (painted[changed] == 0).all()  # the stroke became background, nothing else moved
+
+        # CA²-SIS edit on the painted map: the reference is gallery face 1, the "eyes" preset and "hair" ticked.
         driver.find_element(By.XPATH, "//button[normalize-space()='eyes']").click()
         wait.until(lambda d: d.find_element(By.XPATH, "//*[@id='sis-classes']//label[normalize-space()='l_eye']//input").is_selected())
         driver.find_element(By.XPATH, "//*[@id='sis-classes']//label[normalize-space()='hair']").click()
         driver.find_element(By.ID, "sis-run").click()
         shown = _wait_image(driver, "sis-result")
-        expected = handlers.sis_edit(sis, handlers.gallery_face(0, sis.resolution), handlers.gallery_face(1, sis.resolution),
+        expected = handlers.sis_edit(sis, source.with_labels(painted), handlers.gallery_face(1, sis.resolution),
                                      mode="transfer styles", classes=["l_eye", "r_eye", "hair"])
         np.testing.assert_array_equal(shown, handlers.enlarge(expected.image, VIEW_SCALE))
         wait.until(lambda d: "oracle:" in d.find_element(By.ID, "sis-caption").text)
+        driver.set_window_size(1400, 2900)
         time.sleep(0.5)
         _shot(driver, shots, "ui_sis.png")
+        driver.set_window_size(1400, 2000)
 
         # AI-T2I: a wrong subject first (error message, server keeps serving), then a generation.
         driver.find_element(By.XPATH, "//button[@role='tab' and normalize-space()='AI-T2I']").click()

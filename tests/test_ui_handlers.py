@@ -73,12 +73,27 @@ def test_random_styles_follow_the_checkpoint(sis):
         assert out.image.shape[1] == handlers.RANDOM_STYLE_SAMPLES * source.image.shape[1]
 
 
-def test_spade_side_by_side(sis):
-    both = handlers.SISModels(model=sis.model, label_set=sis.label_set, spade=sis.model, name="a", spade_name="b")
+def test_spade_side_by_side(sis, tmp_path):
+    """A SPADE run loads beside the CA²-SIS run (by the same loader) and renders every edit next to it."""
+    from attnsynth.sis.configs import get_config
+    from attnsynth.sis.model import build_model
+
+    config = get_config("spade-small", num_classes=sis.model.config.num_classes, resolution=sis.resolution)
+    build_model(config).save_pretrained(tmp_path / "spade")
+    both = handlers.load_sis(TOY_CHECKPOINT, tmp_path / "spade")
+    assert both.spade.config.arch == "spade" and both.spade_name == "spade"
     source, reference = handlers.gallery_face(0, sis.resolution), handlers.gallery_face(1, sis.resolution)
     out = handlers.sis_edit(both, source, reference, mode="transfer styles", classes=["hair"])
-    np.testing.assert_array_equal(out.spade_image, out.image)  # same network in both slots → same picture
+    expected = edits.transfer(both.spade, from_uint8(source.image)[None], torch.from_numpy(source.labels.astype(np.int64))[None],
+                              from_uint8(reference.image)[None], torch.from_numpy(reference.labels.astype(np.int64))[None],
+                              classes="hair", label_set=sis.label_set)
+    np.testing.assert_array_equal(out.spade_image, to_uint8(expected.images))
     assert out.spade_caption.startswith("oracle:")
+    np.testing.assert_array_equal(out.image, handlers.sis_edit(sis, source, reference, mode="transfer styles", classes=["hair"]).image)
+    config_other = get_config("spade-small", num_classes=7, resolution=sis.resolution)
+    build_model(config_other).save_pretrained(tmp_path / "spade7")
+    with pytest.raises(ValueError, match="must share the label set"):
+        handlers.load_sis(TOY_CHECKPOINT, tmp_path / "spade7")
 
 
 def test_bad_sis_requests_are_one_line_errors(sis):

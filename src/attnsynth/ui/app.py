@@ -97,7 +97,7 @@ def _sis_tab(gr: Any, sis: SISModels, upload_root: str | None) -> None:
                                         file_types=[".png"], type="filepath")
                     use = gr.Button(f"Use uploaded {title.split()[0].lower()}", elem_id=f"sis-{title.split()[0].lower()}-upload")
                 galleries.append((state, view, gallery, image_file, mask_file, use))
-    with gr.Accordion("Paint the source's label map (colours snap to the nearest class)", open=False):
+    with gr.Accordion("Paint the source's label map (colours snap to the nearest class)", open=False, elem_id="sis-paint"):
         gr.HTML(_legend(sis))
         canvas0 = handlers.labels_to_canvas(source0.labels, num_classes, scale=PAINT_SCALE) if source0 is not None else None
         editor = gr.ImageEditor(

@@ -59,6 +59,9 @@ def load_sis(checkpoint: str | Path, spade_checkpoint: str | Path | None = None,
         if spade.config.num_classes != model.config.num_classes:
             raise ValueError(f"--spade-checkpoint {spade_checkpoint} has {spade.config.num_classes} classes but "
                              f"--sis-checkpoint has {model.config.num_classes}; they must share the label set")
+        if tuple(spade.config.resolution) != tuple(model.config.resolution):
+            raise ValueError(f"--spade-checkpoint {spade_checkpoint} is {tuple(spade.config.resolution)} but --sis-checkpoint is "
+                             f"{tuple(model.config.resolution)}; side by side they must share the resolution")
     return SISModels(model=model, label_set=label_set, mapping=mapping, spade=spade, name=Path(checkpoint).name,
                      spade_name=Path(spade_checkpoint).name if spade_checkpoint is not None else "")
 
