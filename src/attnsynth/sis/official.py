@@ -198,8 +198,8 @@ def check_layout(state: Mapping[str, torch.Tensor], config: SISConfig, part: str
 
 
 def to_attnsynth(state: Mapping[str, torch.Tensor], config: SISConfig, part: str) -> dict[str, torch.Tensor]:
-    """The authors' state dict (layout already checked) → attnsynth's tensors (float32, contiguous)."""
-    return {e.ours: e.merge([state[k].float() for k in e.theirs]).contiguous() for e in _entries(config, part)}
+    """The authors' state dict (layout already checked) → attnsynth's tensors (same dtype, contiguous)."""
+    return {e.ours: e.merge([state[k] for k in e.theirs]).contiguous() for e in _entries(config, part)}
 
 
 def to_official(tensors: Mapping[str, torch.Tensor], config: SISConfig, part: str) -> dict[str, torch.Tensor]:
