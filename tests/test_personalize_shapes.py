@@ -80,8 +80,8 @@ def test_oracle_finds_hearts_beside_known_shapes():
 
 
 def test_oracle_does_not_see_hearts_in_training_scenes():
-    found = [d.shape for seed in range(150) for d in detect(render(seed, 64).image, shapes=ALL_SHAPES)]
-    assert len(found) > 300 and found.count("heart") <= 2  # 0 of 523 detections on 200 scenes when recorded
+    found = [d.shape for seed in range(80) for d in detect(render(seed, 64).image, shapes=ALL_SHAPES)]
+    assert len(found) > 150 and found.count("heart") <= 1  # 0 of 523 detections on 200 scenes when recorded
 
 
 def test_oracle_tells_a_heart_from_a_circle():

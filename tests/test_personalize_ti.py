@@ -122,6 +122,20 @@ def test_personalize_prompts_combine_the_novel_shape_with_known_ones():
         personalize_prompts(4, 1)
 
 
+def test_placeholder_prompts_resolve_for_guidance_even_before_a_comma():
+    from attnsynth.shapes_t2i.personalize import _with_placeholder
+    from attnsynth.t2i.subjects import resolve_subjects
+
+    pipe = tiny_sd_pipeline()
+    pipe.tokenizer.add_tokens(["<heart>"])
+    prompt, spec, _ = next(p for p in personalize_prompts(2, 20) if "heart," in p[0])
+    text = _with_placeholder(prompt, spec, "heart", "<heart>")
+    assert "<heart> ," in text and "heart" not in text.replace("<heart>", "")
+    assert pipe.tokenizer(text).input_ids == pipe.tokenizer(text.replace("<heart> ,", "<heart>,")).input_ids  # same ids
+    groups = resolve_subjects(text, ["<heart>"], pipe.tokenizer)
+    assert groups[0].token_indices == (pipe.tokenizer(text).input_ids.index(pipe.tokenizer.convert_tokens_to_ids("<heart>")),)
+
+
 def test_personalize_benchmark_end_to_end_on_the_shipped_model(tmp_path):
     from attnsynth.shapes_t2i.model import load_t2i_pipeline
 
@@ -164,3 +178,36 @@ def test_cli_trains_a_concept_and_checks_the_bench_arguments(tmp_path):
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["personalize", "bench", "--embeds", str(out), "--methods", "none,bogus"])
     assert result.exit_code != 0 and "methods" in str(result.exception)
+
+
+def test_lora_variant_trains_a_unet_lora_that_diffusers_loads(tmp_path):
+    from attnsynth.t2i.textual_inversion import LORA_FILE
+
+    pipe = tiny_sd_pipeline(scheduler="ddim")
+    base = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    prior = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    config = _config(steps=2, lora_rank=2, lora_learning_rate=1e-2)
+    result = train_textual_inversion(pipe, _images(), CAPTIONS, config, prior_images=prior,
+                                     prior_captions=["a cat", "a dog", "a red circle"], out_dir=tmp_path)
+    assert result.lora_path == tmp_path / LORA_FILE and result.lora_path.is_file()
+    trained = pipe.unet.state_dict()
+    frozen = {k.replace(".base_layer", ""): v for k, v in trained.items() if "lora_" not in k}
+    assert frozen.keys() == base.keys() and all(torch.equal(v, base[k]) for k, v in frozen.items())  # base weights untouched
+    assert any("lora_B" in k and v.abs().max() > 0 for k, v in trained.items())  # B started at 0 and moved
+
+    fresh = tiny_sd_pipeline(scheduler="ddim")
+    from attnsynth.shapes_t2i.personalize import load_concept
+
+    load_concept(fresh, tmp_path, "<heart>")
+    call = dict(num_inference_steps=2, output_type="np")
+    a = pipe("a red <heart>", generator=torch.Generator().manual_seed(1), **call).images
+    b = fresh("a red <heart>", generator=torch.Generator().manual_seed(1), **call).images
+    assert np.allclose(a, b, atol=1e-5)
+    resumed_dir = tmp_path / "resume"
+    train_textual_inversion(tiny_sd_pipeline(scheduler="ddim"), _images(), CAPTIONS, _config(steps=1, lora_rank=2, lora_learning_rate=1e-2),
+                            prior_images=prior, prior_captions=["a cat", "a dog", "a red circle"], out_dir=resumed_dir)
+    resumed = train_textual_inversion(tiny_sd_pipeline(scheduler="ddim"), _images(), CAPTIONS, config, prior_images=prior,
+                                      prior_captions=["a cat", "a dog", "a red circle"], out_dir=resumed_dir)
+    assert resumed.losses == result.losses and torch.equal(resumed.embedding, result.embedding)
+    with pytest.raises(ValueError, match="go together"):
+        train_textual_inversion(tiny_sd_pipeline(scheduler="ddim"), _images(), CAPTIONS, config, prior_images=prior)

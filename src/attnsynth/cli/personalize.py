@@ -26,14 +26,21 @@ def train_command(
     learning_rate: float = typer.Option(1e-3, "--lr", help="AdamW learning rate of the embedding."),
     seed: int = typer.Option(0, "--seed", help="Seed of batches, timesteps and noise."),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", help="Steps between checkpoints (0: only at the end); a rerun resumes."),
+    lora_rank: int = typer.Option(0, "--lora-rank", help="Also train a UNet LoRA of this rank (pivotal tuning; 0: embedding only)."),
+    lora_lr: float = typer.Option(1e-4, "--lora-lr", help="AdamW learning rate of the LoRA."),
+    prior: int = typer.Option(0, "--prior", help="Shapes world: this many training scenes as prior-preservation images."),
     device: str = typer.Option(None, "--device", help="torch device (default cpu)."),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads."),
 ) -> None:
-    """Learn one token embedding from a few images (textual inversion); load it with pipe.load_textual_inversion(OUT, token=...)."""
+    """Learn one token embedding from a few images (textual inversion); load it with pipe.load_textual_inversion(OUT, token=...).
+
+    With --lora-rank a UNet LoRA is trained too (load it with pipe.load_lora_weights(OUT)).
+    """
     from attnsynth.t2i.textual_inversion import TextualInversionConfig, images_from_folder, train_textual_inversion
 
     config = TextualInversionConfig(placeholder=placeholder, initializer=initializer, steps=steps, batch_size=batch_size,
-                                    learning_rate=learning_rate, seed=seed, checkpoint_every=checkpoint_every)
+                                    learning_rate=learning_rate, seed=seed, checkpoint_every=checkpoint_every,
+                                    lora_rank=lora_rank, lora_learning_rate=lora_lr)
     if images is not None and "{}" not in caption:
         raise ValueError(f"--caption must contain {{}} for the placeholder, got {caption!r}")
     quiet_torch(threads)
@@ -44,7 +51,7 @@ def train_command(
     if images is None:
         from attnsynth.shapes_t2i.personalize import train_concept
 
-        result = train_concept(pipe, config, shape=shape, n_images=n_images, out_dir=out, on_step=report)
+        result = train_concept(pipe, config, shape=shape, n_images=n_images, n_prior=prior, out_dir=out, on_step=report)
     else:
         resolution = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
         tensors = images_from_folder(images, resolution)
@@ -54,7 +61,7 @@ def train_command(
 
 @app.command("bench")
 def bench_command(
-    embeds: Path = typer.Option(..., "--embeds", help="Directory or file of the learned embedding (attnsynth personalize train --out)."),
+    embeds: Path = typer.Option(..., "--embeds", help="Directory written by attnsynth personalize train (embedding, and LoRA if any)."),
     model: str = typer.Option(None, "--model", help="Shapes-world pipeline directory (default: the shipped model)."),
     placeholder: str = typer.Option("<heart>", "--placeholder", help="The learned token."),
     prompts: int = typer.Option(16, "--prompts", help="Prompts per known-shape count."),
@@ -69,7 +76,7 @@ def bench_command(
     import json
 
     from attnsynth.shapes_t2i.model import load_t2i_pipeline
-    from attnsynth.shapes_t2i.personalize import PersonalizeBenchConfig, personalize_markdown, run_personalize_benchmark
+    from attnsynth.shapes_t2i.personalize import PersonalizeBenchConfig, load_concept, personalize_markdown, run_personalize_benchmark
 
     if not embeds.exists():
         raise FileNotFoundError(f"--embeds {embeds} does not exist; train one with attnsynth personalize train")
@@ -81,7 +88,7 @@ def bench_command(
     PersonalizeBenchConfig(n_prompts=prompts, n_seeds=seeds, known_counts=counts, methods=chosen, placeholder=placeholder)  # checks, before loading
     quiet_torch(threads)
     pipe = load_t2i_pipeline(model, device=device)
-    pipe.load_textual_inversion(str(embeds), token=placeholder)
+    load_concept(pipe, embeds, placeholder)
     config = PersonalizeBenchConfig.for_pipeline(pipe, n_prompts=prompts, n_seeds=seeds, known_counts=counts, methods=chosen, placeholder=placeholder)
     results = run_personalize_benchmark(pipe, config, on_batch=lambda m, n, s: typer.echo(f"{m}: {n} known, seed {s} done", err=True))
     typer.echo(json.dumps(results, indent=2) if json_out else personalize_markdown(results))

@@ -27,11 +27,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from attnsynth.t2i.textual_inversion import EMBEDS_FILE, TextualInversionConfig, TextualInversionResult, train_textual_inversion
+from attnsynth.t2i.textual_inversion import EMBEDS_FILE, LORA_FILE, TextualInversionConfig, TextualInversionResult, train_textual_inversion
 
 __all__ = [
     "CONCEPT_SEED_START",
     "EMBEDS_FILE",
+    "LORA_FILE",
+    "load_concept",
     "PERSONALIZE_METHODS",
     "PLACEHOLDER",
     "PROMPT_SEED_START",
@@ -61,11 +63,17 @@ def _check_novel(shape: str) -> str:
 
 
 def _with_placeholder(caption: str, spec: Any, shape: str, placeholder: str) -> str:
-    """``caption`` with every noun naming ``shape`` replaced by ``placeholder`` (right to left, spans stay valid)."""
+    """``caption`` with every noun naming ``shape`` replaced by ``placeholder`` (right to left, spans stay valid).
+
+    A comma right after the placeholder is moved one space away ("<heart> ,"): CLIP tokenizers give
+    the same ids either way, and the subject resolver reads "<heart>," as "<", "heart", ">,"
+    (a punctuation run), which would hide the placeholder from guidance.
+    """
     for subject in sorted(spec.subjects, key=lambda s: -s.noun_span[0]):
         if spec.objects[subject.object_index].shape == shape:
             start, end = subject.noun_span
-            caption = caption[:start] + placeholder + caption[end:]
+            gap = " " if caption[end : end + 1] == "," and not placeholder[-1].isalnum() else ""
+            caption = caption[:start] + placeholder + gap + caption[end:]
     return caption
 
 
@@ -90,12 +98,24 @@ def concept_data(shape: str = "heart", *, n: int = 32, resolution: int = 64, pla
     return images, captions
 
 
-def train_concept(pipe: Any, config: TextualInversionConfig, *, shape: str = "heart", n_images: int = 32,
+def train_concept(pipe: Any, config: TextualInversionConfig, *, shape: str = "heart", n_images: int = 32, n_prior: int = 0,
                   out_dir: str | Path | None = None, on_step: Callable[[int, float], None] | None = None) -> TextualInversionResult:
-    """Textual inversion of the novel ``shape`` into ``config.placeholder`` on a shapes-world pipeline."""
+    """Textual inversion of the novel ``shape`` into ``config.placeholder`` on a shapes-world pipeline.
+
+    ``n_prior`` > 0 adds that many training-world scenes (``shapes.render`` seeds 0…, their own
+    captions) as prior-preservation images (for the ``lora_rank`` variant).
+    """
+    from attnsynth.toyworld.shapes import render
+
     resolution = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     images, captions = concept_data(shape, n=n_images, resolution=resolution, placeholder=config.placeholder)
-    return train_textual_inversion(pipe, images, captions, config, out_dir=out_dir, on_step=on_step)
+    prior_images = prior_captions = None
+    if n_prior:
+        scenes = [render(seed, resolution) for seed in range(n_prior)]
+        prior_images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [P, 3, R, R]
+        prior_captions = [s.caption for s in scenes]
+    return train_textual_inversion(pipe, images, captions, config, prior_images=prior_images, prior_captions=prior_captions,
+                                   out_dir=out_dir, on_step=on_step)
 
 
 def concept_presence(pipe: Any, placeholder: str, shape: str, *, n_images: int = 16, num_inference_steps: int | None = None,
@@ -127,6 +147,17 @@ def concept_presence(pipe: Any, placeholder: str, shape: str, *, n_images: int =
         "in_colour": float(np.mean(bound)), "in_colour_ci": wilson_interval(sum(bound), n_images),
         "found_shapes": dict(Counter(d.shape for f in found for d in f if d.confidence >= 0.5)),
     }
+
+
+def load_concept(pipe: Any, directory: str | Path, placeholder: str) -> Any:
+    """Load what :func:`train_concept` wrote into ``pipe``: the embedding, and the LoRA when there is one."""
+    directory = Path(directory)
+    if not (directory / EMBEDS_FILE).is_file():
+        raise FileNotFoundError(f"{directory} holds no {EMBEDS_FILE}; train one with attnsynth personalize train")
+    pipe.load_textual_inversion(str(directory), token=placeholder)
+    if (directory / LORA_FILE).is_file():
+        pipe.load_lora_weights(str(directory))
+    return pipe
 
 
 def personalize_prompts(n_known: int, n_prompts: int, *, shape: str = "heart", seed_start: int = PROMPT_SEED_START) -> list[tuple[str, Any, int]]:

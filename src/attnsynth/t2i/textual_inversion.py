@@ -11,6 +11,13 @@ embedding matrix and copies the old rows back after every step; here the new row
 parameter ``[D]`` spliced into the embedding output by a forward hook wherever the placeholder id
 occurs, so the optimizer state is one vector (not vocab × D) and no other row can move.
 
+Named opt-in variant, ``lora_rank > 0`` ("pivotal tuning", as in DreamBooth-LoRA trainers): a
+LoRA of that rank on the UNet's attention projections (``to_q/to_k/to_v/to_out.0``, peft) is
+trained together with the embedding, for concepts the frozen UNet cannot draw. Prior images
+(``prior_images``/``prior_captions``, DreamBooth's prior preservation) then fill half of every
+batch so the model keeps what it knew. The LoRA is saved in diffusers' format
+(``pytorch_lora_weights.safetensors``, loaded with ``pipe.load_lora_weights(path)``).
+
 The result is saved in diffusers' textual-inversion format — ``learned_embeds.safetensors``
 holding ``{placeholder: Tensor [1, D]}`` — so any pipeline loads it with
 ``pipe.load_textual_inversion(path, token=placeholder)``. Training is deterministic for a seed
@@ -30,6 +37,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "EMBEDS_FILE",
+    "LORA_FILE",
     "TextualInversionConfig",
     "TextualInversionResult",
     "add_placeholder_token",
@@ -40,6 +48,9 @@ __all__ = [
 
 #: File name diffusers' textual-inversion script writes and ``load_textual_inversion`` looks for.
 EMBEDS_FILE = "learned_embeds.safetensors"
+#: File name of diffusers' LoRA weights (``save_lora_weights`` / ``load_lora_weights``).
+LORA_FILE = "pytorch_lora_weights.safetensors"
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 _CHECKPOINT = "checkpoint.safetensors"
 _CHECKPOINT_META = "checkpoint.json"
 
@@ -56,6 +67,8 @@ class TextualInversionConfig:
     weight_decay: float = 1e-2  # AdamW, as diffusers' script
     seed: int = 0
     checkpoint_every: int = 100  # steps between checkpoints (0: only at the end)
+    lora_rank: int = 0  # > 0: also train a UNet LoRA of this rank (named variant, module docstring)
+    lora_learning_rate: float = 1e-4
 
     def __post_init__(self) -> None:
         if not isinstance(self.placeholder, str) or not self.placeholder.strip() or any(c.isspace() for c in self.placeholder):
@@ -72,6 +85,10 @@ class TextualInversionConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be an integer >= 0, got {self.checkpoint_every!r}")
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be an integer >= 0 (0: embedding only), got {self.lora_rank!r}")
+        if not self.lora_learning_rate > 0:
+            raise ValueError(f"lora_learning_rate must be > 0, got {self.lora_learning_rate}")
 
 
 @dataclass
@@ -82,6 +99,7 @@ class TextualInversionResult:
     token_id: int
     losses: list[float]
     path: Path | None = None
+    lora_path: Path | None = None  # the LoRA file of the lora_rank variant
 
 
 def add_placeholder_token(tokenizer: Any, text_encoder: Any, placeholder: str, initializer: str) -> tuple[int, torch.Tensor]:
@@ -148,24 +166,28 @@ def _encode_latents(vae: Any, images: torch.Tensor, batch_size: int) -> tuple[to
     return torch.cat(means), torch.cat(stds)
 
 
-def _save_checkpoint(directory: Path, step: int, vector: torch.Tensor, optimizer: torch.optim.Optimizer,
+def _save_checkpoint(directory: Path, step: int, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
                      generator: torch.Generator, losses: list[float], config: TextualInversionConfig) -> None:
-    """Everything needed to continue bit for bit: the row, AdamW moments, the generator state, the losses."""
+    """Everything needed to continue bit for bit: the trained tensors, AdamW moments, the generator state, the losses."""
     from safetensors.torch import save_file
 
     from attnsynth.utils.io import atomic_path, atomic_write_json
 
-    state = optimizer.state[vector]
-    tensors = {"vector": vector.detach().cpu().contiguous(), "generator_state": generator.get_state()}
-    if state:
-        tensors.update(exp_avg=state["exp_avg"].cpu().contiguous(), exp_avg_sq=state["exp_avg_sq"].cpu().contiguous())
+    tensors = {"generator_state": generator.get_state()}
+    adam_steps = {}
+    for name, param in params.items():
+        tensors[f"param/{name}"] = param.detach().cpu().contiguous()
+        state = optimizer.state.get(param)
+        if state:
+            tensors[f"exp_avg/{name}"] = state["exp_avg"].cpu().contiguous()
+            tensors[f"exp_avg_sq/{name}"] = state["exp_avg_sq"].cpu().contiguous()
+            adam_steps[name] = float(state["step"])
     with atomic_path(directory / _CHECKPOINT) as tmp:
         save_file(tensors, str(tmp))
-    adam_step = float(state["step"]) if state else 0.0
-    atomic_write_json(directory / _CHECKPOINT_META, {"step": step, "adam_step": adam_step, "losses": losses, "config": asdict(config)})
+    atomic_write_json(directory / _CHECKPOINT_META, {"step": step, "adam_steps": adam_steps, "losses": losses, "config": asdict(config)})
 
 
-def _load_checkpoint(directory: Path, vector: torch.nn.Parameter, optimizer: torch.optim.Optimizer,
+def _load_checkpoint(directory: Path, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
                      generator: torch.Generator, config: TextualInversionConfig) -> tuple[int, list[float]]:
     """Restore a checkpoint written by :func:`_save_checkpoint`; returns ``(step, losses)``."""
     from safetensors.torch import load_file
@@ -180,16 +202,45 @@ def _load_checkpoint(directory: Path, vector: torch.nn.Parameter, optimizer: tor
         raise ValueError(f"{directory}: its checkpoint was trained with other settings ({', '.join(changed)}); "
                          "use a new output directory or the same settings to resume")
     tensors = load_file(str(directory / _CHECKPOINT))
-    with torch.no_grad():
-        vector.copy_(tensors["vector"].to(vector.device, vector.dtype))
     generator.set_state(tensors["generator_state"])
-    if "exp_avg" in tensors:
-        optimizer.state[vector] = {
-            "step": torch.tensor(meta["adam_step"]),
-            "exp_avg": tensors["exp_avg"].to(vector.device),
-            "exp_avg_sq": tensors["exp_avg_sq"].to(vector.device),
-        }
+    for name, param in params.items():
+        with torch.no_grad():
+            param.copy_(tensors[f"param/{name}"].to(param.device, param.dtype))
+        if name in meta["adam_steps"]:
+            optimizer.state[param] = {
+                "step": torch.tensor(meta["adam_steps"][name]),
+                "exp_avg": tensors[f"exp_avg/{name}"].to(param.device),
+                "exp_avg_sq": tensors[f"exp_avg_sq/{name}"].to(param.device),
+            }
     return int(meta["step"]), list(meta["losses"])
+
+
+def _add_lora(unet: Any, rank: int, seed: int) -> dict[str, torch.nn.Parameter]:
+    """Add a peft LoRA (rank ``rank``, alpha = rank, B = 0 so training starts from the model) to the UNet's attention."""
+    from peft import LoraConfig
+
+    torch.manual_seed(seed)  # peft draws the A matrices from torch's global generator
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(LORA_TARGETS)))
+    return {name: param for name, param in unet.named_parameters() if "lora_" in name}
+
+
+def _save_lora(directory: Path, unet: Any) -> Path:
+    """The UNet's LoRA in diffusers' format, written atomically."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    from attnsynth.utils.io import atomic_directory
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    staging = directory / ".lora"
+    with atomic_directory(staging, overwrite=True) as tmp:
+        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
+    (staging / LORA_FILE).replace(directory / LORA_FILE)
+    import shutil
+
+    shutil.rmtree(staging, ignore_errors=True)
+    return directory / LORA_FILE
 
 
 def train_textual_inversion(
@@ -198,6 +249,8 @@ def train_textual_inversion(
     captions: Sequence[str],
     config: TextualInversionConfig,
     *,
+    prior_images: torch.Tensor | None = None,
+    prior_captions: Sequence[str] | None = None,
     out_dir: str | Path | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TextualInversionResult:
@@ -209,7 +262,9 @@ def train_textual_inversion(
     config (betas and prediction type of the model). With ``out_dir`` the checkpoint is written
     every ``config.checkpoint_every`` steps and at the end, training resumes from one found
     there, and ``learned_embeds.safetensors`` plus ``textual_inversion.json`` are written at the end.
-    ``on_step(step, loss)`` is called after every step.
+    ``on_step(step, loss)`` is called after every step. ``prior_images`` [P, 3, H, W] with their
+    ``prior_captions`` (no placeholder) fill half of every batch (prior preservation; meant for the
+    ``lora_rank`` variant, whose LoRA is also written to ``out_dir`` and stays active in ``pipe``).
     """
     from diffusers import DDPMScheduler
 
@@ -223,6 +278,17 @@ def train_textual_inversion(
     missing = [c for c in captions if config.placeholder not in c.split()]
     if missing:
         raise ValueError(f"every caption must contain the placeholder {config.placeholder!r} as a word, got {missing[0]!r}")
+    if (prior_images is None) != (prior_captions is None):
+        raise ValueError("prior_images and prior_captions go together; pass both or neither")
+    if prior_images is not None:
+        if not isinstance(prior_images, torch.Tensor) or prior_images.ndim != 4 or prior_images.shape[1:] != images.shape[1:]:
+            raise ValueError(f"prior_images must be a tensor [P, 3, H, W] shaped like images {tuple(images.shape[1:])}, "
+                             f"got {getattr(prior_images, 'shape', type(prior_images).__name__)}")
+        prior_captions = list(prior_captions)
+        if len(prior_captions) != prior_images.shape[0]:
+            raise ValueError(f"prior_captions must hold one caption per prior image ({prior_images.shape[0]}), got {len(prior_captions)}")
+        if config.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 with prior images (half of each batch), got {config.batch_size}")
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and out.exists() and not out.is_dir():
         raise NotADirectoryError(f"out_dir {out} exists and is not a directory")
@@ -236,8 +302,14 @@ def train_textual_inversion(
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     alphas = noise_scheduler.alphas_cumprod.to(device)  # [T]
 
-    vector = torch.nn.Parameter(initial.float().to(device))  # [D]: the only trained tensor
-    optimizer = torch.optim.AdamW([vector], lr=config.learning_rate, betas=(0.9, 0.999), weight_decay=config.weight_decay, eps=1e-8)
+    vector = torch.nn.Parameter(initial.float().to(device))  # [D]: the only trained tensor (LoRA aside)
+    params: dict[str, torch.nn.Parameter] = {"embedding": vector}
+    groups: list[dict[str, Any]] = [{"params": [vector], "lr": config.learning_rate}]
+    if config.lora_rank:
+        lora = _add_lora(unet, config.lora_rank, config.seed)
+        params.update({f"lora/{name}": param for name, param in lora.items()})
+        groups.append({"params": list(lora.values()), "lr": config.lora_learning_rate})
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=config.weight_decay, eps=1e-8)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     embedding = text_encoder.get_input_embeddings()
 
@@ -247,21 +319,35 @@ def train_textual_inversion(
 
     start, losses = 0, []
     if out is not None and (out / _CHECKPOINT_META).is_file():
-        start, losses = _load_checkpoint(out, vector, optimizer, generator, config)
+        start, losses = _load_checkpoint(out, params, optimizer, generator, config)
+
+    def tokens(texts: list[str]) -> torch.Tensor:
+        return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+
     with torch.no_grad():
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        ids = tokens(captions)  # [N, L]
         mean, std = _encode_latents(vae, images, config.batch_size)  # [N, C, h, w]
+        if prior_images is not None:
+            prior_ids = tokens(prior_captions)  # [P, L]
+            prior_mean, prior_std = _encode_latents(vae, prior_images, config.batch_size)
+    n_prior = config.batch_size // 2 if prior_images is not None else 0
     scale = float(getattr(vae.config, "scaling_factor", 1.0))
     hook = embedding.register_forward_hook(splice)
     try:
         for step in range(start, config.steps):
-            pick = torch.randint(0, images.shape[0], (config.batch_size,), generator=generator)  # [B]
-            eps_latent = torch.randn(mean[pick].shape, generator=generator)
-            latents = ((mean[pick] + std[pick] * eps_latent) * scale).to(device)  # [B, C, h, w]
+            pick = torch.randint(0, images.shape[0], (config.batch_size - n_prior,), generator=generator)  # [B - B_prior]
+            batch_mean, batch_std, batch_ids = mean[pick], std[pick], ids[pick]
+            if n_prior:
+                prior_pick = torch.randint(0, prior_images.shape[0], (n_prior,), generator=generator)  # [B_prior]
+                batch_mean = torch.cat([batch_mean, prior_mean[prior_pick]])
+                batch_std = torch.cat([batch_std, prior_std[prior_pick]])
+                batch_ids = torch.cat([batch_ids, prior_ids[prior_pick]])
+            eps_latent = torch.randn(batch_mean.shape, generator=generator)
+            latents = ((batch_mean + batch_std * eps_latent) * scale).to(device)  # [B, C, h, w]
             noise = torch.randn(latents.shape, generator=generator).to(device)
             t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (config.batch_size,), generator=generator).to(device)
             noisy = noise_scheduler.add_noise(latents, noise, t)
-            states = text_encoder(ids[pick].to(device))[0]  # [B, L, D]
+            states = text_encoder(batch_ids.to(device))[0]  # [B, L, D]
             pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=states.to(unet.dtype)).sample.float()
             if noise_scheduler.config.prediction_type == "v_prediction":
                 a = alphas[t].sqrt().view(-1, 1, 1, 1)
@@ -280,19 +366,21 @@ def train_textual_inversion(
                 on_step(step + 1, value)
             if out is not None and config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
                 out.mkdir(parents=True, exist_ok=True)
-                _save_checkpoint(out, step + 1, vector, optimizer, generator, losses, config)
+                _save_checkpoint(out, step + 1, params, optimizer, generator, losses, config)
     finally:
         hook.remove()
     with torch.no_grad():
         embedding.weight[token_id] = vector.detach().to(embedding.weight.dtype)
     learned = vector.detach().cpu().clone()
-    path = None
+    path = lora_path = None
     if out is not None:
         from attnsynth.utils.io import atomic_write_json
 
         out.mkdir(parents=True, exist_ok=True)
-        _save_checkpoint(out, config.steps, vector, optimizer, generator, losses, config)
+        _save_checkpoint(out, config.steps, params, optimizer, generator, losses, config)
         path = save_learned_embeds(out, config.placeholder, learned)
+        if config.lora_rank:
+            lora_path = _save_lora(out, unet)
         atomic_write_json(out / "textual_inversion.json", {**asdict(config), "images": int(images.shape[0]),
                                                            "final_loss": losses[-1] if losses else None})
-    return TextualInversionResult(embedding=learned, token_id=token_id, losses=losses, path=path)
+    return TextualInversionResult(embedding=learned, token_id=token_id, losses=losses, path=path, lora_path=lora_path)
