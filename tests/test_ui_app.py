@@ -37,11 +37,15 @@ def models():
 
 
 @pytest.fixture(scope="module")
-def server(models):
-    app = build_app(*models)
-    _, url, _ = launch(app, host="127.0.0.1", port=None, block=False)
+def blocks(models):
+    return build_app(*models)
+
+
+@pytest.fixture(scope="module")
+def server(blocks):
+    _, url, _ = launch(blocks, host="127.0.0.1", port=None, block=False)
     yield url
-    app.close()
+    blocks.close()
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +80,16 @@ def _read(result) -> np.ndarray:
 
 def test_public_api_is_the_two_documented_endpoints(client):
     assert sorted(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ["/sis_transfer", "/t2i_generate"]
+
+
+def test_one_queue_runs_one_model_call_at_a_time(blocks, server):
+    """Every event that runs a model is in one concurrency group of limit 1; the queue is bounded."""
+    from attnsynth.ui.limits import QUEUE_SIZE
+
+    model_events = sorted(fn.name for fn in blocks.fns.values() if fn.concurrency_id == "model")
+    assert model_events == ["edit", "sis_transfer", "t2i_generate"]
+    assert all(fn.concurrency_limit == "default" for fn in blocks.fns.values() if fn.concurrency_id == "model")
+    assert blocks._queue.default_concurrency_limit == 1 and blocks._queue.max_size == QUEUE_SIZE
 
 
 def test_api_sis_transfer(client, models, pair_files):
@@ -157,7 +171,7 @@ CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
                   "--disable-dev-shm-usage", "--window-size=1400,2000")
 
 
-def _browser_or_skip(user_data_dir: Path):
+def _browser_or_skip(user_data_dir: Path, downloads: Path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     chromedriver = shutil.which("chromedriver")
     if chromium is None or chromedriver is None:
@@ -172,6 +186,7 @@ def _browser_or_skip(user_data_dir: Path):
     options.binary_location = chromium
     for flag in CHROMIUM_FLAGS + (f"--user-data-dir={user_data_dir}",):
         options.add_argument(flag)
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False})
     return webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
 
 
@@ -205,7 +220,8 @@ def test_browser_sis_edit_t2i_generation_and_error(server, models, tmp_path_fact
     sis, t2i = models
     shots = Path(os.environ.get("ATTNSYNTH_UI_SCREENSHOTS") or tmp_path_factory.mktemp("ui_screenshots"))
     shots.mkdir(parents=True, exist_ok=True)
-    driver = _browser_or_skip(tmp_path_factory.mktemp("chromium_profile"))
+    downloads = tmp_path_factory.mktemp("downloads")
+    driver = _browser_or_skip(tmp_path_factory.mktemp("chromium_profile"), downloads)
     try:
         driver.get(server)
         wait = WebDriverWait(driver, 60)
@@ -230,6 +246,23 @@ def test_browser_sis_edit_t2i_generation_and_error(server, models, tmp_path_fact
         painted = handlers.canvas_to_labels(view[::VIEW_SCALE, width::VIEW_SCALE], sis.model.config.num_classes, sis.resolution)
         changed = painted != source.labels
         assert changed.sum() > 10 and (painted[changed] == 0).all()  # the stroke became background, nothing else moved
+
+        # The download button holds the painted map as a PNG of class ids (refreshed by an event chained after
+        # "Use the painted map", so the first click may still fetch the previous map: try a few times).
+        downloaded = None
+        for _ in range(10):
+            for old_file in downloads.glob("*"):
+                old_file.unlink()
+            driver.find_element(By.ID, "sis-download").click()
+            saved = WebDriverWait(driver, 30).until(lambda d: [p for p in downloads.glob("*.png")])
+            time.sleep(0.2)  # let Chromium finish writing it
+            with Image.open(saved[0]) as handle:
+                assert handle.mode == "L"
+                downloaded = np.asarray(handle)
+            if np.array_equal(downloaded, painted):
+                break
+            time.sleep(1.0)
+        np.testing.assert_array_equal(downloaded, painted)
 
         # CA²-SIS edit on the painted map: the reference is gallery face 1, the "eyes" preset and "hair" ticked.
         driver.find_element(By.XPATH, "//button[normalize-space()='eyes']").click()

@@ -203,3 +203,18 @@ def test_bad_t2i_requests_are_one_line_errors(t2i):
     with pytest.raises(ValueError, match="prompt"):
         handlers.t2i_generate(t2i, prompt=long_prompt, subjects="circle", method="ait2i", steps=2)
     assert handlers.shapes_caption(t2i, "a photo of a cat", np.zeros((64, 64, 3), np.uint8)).startswith("oracle: prompt outside")
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_any_sd_or_sdxl_directory_works(tmp_path, family):
+    """`--t2i-model DIR`: a diffusers SD / SDXL directory loads through attnsynth.t2i.load_pipeline and generates."""
+    from attnsynth.t2i.testing import tiny_sd_pipeline, tiny_sdxl_pipeline
+
+    (tiny_sd_pipeline if family == "sd" else tiny_sdxl_pipeline)(seed=0).save_pretrained(tmp_path / family)
+    model = handlers.load_t2i(tmp_path / family)
+    assert not model.shapes_oracle and model.name == family
+    assert ("XL" in type(model.pipe).__name__) == (family == "sdxl")
+    out = handlers.t2i_generate(model, prompt="a cat and a dog", subjects="cat,dog", method="ait2i", steps=2, guided_steps=1,
+                                step_size=20.0)
+    assert out.guided.shape == out.unguided.shape and out.attention is not None
+    assert out.guided_caption == "oracle: only for the shapes-world model"

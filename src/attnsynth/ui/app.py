@@ -30,6 +30,7 @@ DEFAULT_PROMPT = "a red circle and a blue square"
 # Small model outputs are shown enlarged with visible pixels; the API still returns them at their own size.
 CSS = "img { image-rendering: pixelated; } .attnsynth-fill img { width: 100% !important; height: 100% !important; object-fit: contain; }"
 PRIVATE = {"api_visibility": "private"}
+MODEL_QUEUE = {"concurrency_id": "model"}  # every event that runs a model shares ONE concurrency limit (CONCURRENCY)
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -57,6 +58,17 @@ def _view(picture: Picture | None, num_classes: int) -> np.ndarray | None:
         return None
     colours = colorize_labels(picture.labels, num_classes)
     return _big(colours if picture.image is None else np.concatenate([picture.image, colours], axis=1))
+
+
+def _labels_file(picture: Picture | None) -> str | None:
+    """The picture's label map written as a PNG of class ids into a fresh temporary folder (for the download button)."""
+    if picture is None:
+        return None
+    from attnsynth.utils.io import atomic_write_bytes
+
+    path = Path(tempfile.mkdtemp(prefix="attnsynth_ui_")) / "labels.png"
+    atomic_write_bytes(path, handlers.labels_png_bytes(picture.labels))
+    return str(path)
 
 
 def _legend(sis: SISModels) -> str:
@@ -107,7 +119,7 @@ def _sis_tab(gr: Any, sis: SISModels, upload_root: str | None) -> None:
         )
         with gr.Row():
             apply_paint = gr.Button("Use the painted map", elem_id="sis-apply-paint")
-            download = gr.DownloadButton("Download the label map (PNG of class ids)", elem_id="sis-download")
+            download = gr.DownloadButton("Download the label map (PNG of class ids)", _labels_file(source0), elem_id="sis-download")
     with gr.Row():
         with gr.Column(scale=2):
             mode = gr.Radio(list(handlers.SIS_MODES), value=handlers.SIS_MODES[0], label="Edit", elem_id="sis-mode")
@@ -157,8 +169,11 @@ def _sis_tab(gr: Any, sis: SISModels, upload_root: str | None) -> None:
     for index, (state, view, gallery, image_file, mask_file, use) in enumerate(galleries):
         pick, upload = chooser(index == 0)
         outputs = [state, view] + ([editor] if index == 0 else [])
-        gallery.select(pick, None, outputs, **PRIVATE)
-        use.click(upload, [image_file, mask_file], outputs, **PRIVATE)
+        picked = gallery.select(pick, None, outputs, **PRIVATE)
+        uploaded = use.click(upload, [image_file, mask_file], outputs, **PRIVATE)
+        if index == 0:  # the download button always holds the source's current map
+            for event in (picked, uploaded):
+                event.success(_labels_file, [source_state], [download], **PRIVATE)
 
     @user_errors
     def apply(painted: dict | None, picture: Picture | None):
@@ -170,19 +185,9 @@ def _sis_tab(gr: Any, sis: SISModels, upload_root: str | None) -> None:
         edited = picture.with_labels(labels)
         return edited, _view(edited, num_classes)
 
-    apply_paint.click(apply, [editor, source_state], [source_state, galleries[0][1]], **PRIVATE)
+    apply_paint.click(apply, [editor, source_state], [source_state, galleries[0][1]], **PRIVATE).success(
+        _labels_file, [source_state], [download], **PRIVATE)
 
-    @user_errors
-    def save_labels(picture: Picture | None) -> str:
-        if picture is None:
-            raise ValueError("source: no label map to download yet")
-        from attnsynth.utils.io import atomic_write_bytes
-
-        path = Path(tempfile.mkdtemp(prefix="attnsynth_ui_")) / "labels.png"
-        atomic_write_bytes(path, handlers.labels_png_bytes(picture.labels))
-        return str(path)
-
-    download.click(save_labels, [source_state], [download], **PRIVATE)
     for button, ids in preset_buttons:
         button.click(lambda ids=ids: [sis.label_set.class_names[i] for i in ids], None, [classes], **PRIVATE)
     clear.click(lambda: [], None, [classes], **PRIVATE)
@@ -194,7 +199,7 @@ def _sis_tab(gr: Any, sis: SISModels, upload_root: str | None) -> None:
         return _big(out.image), out.caption, _big(out.spade_image), out.spade_caption or "", overlays
 
     run.click(edit, [source_state, reference_state, mode, classes, alpha, seed],
-              [result, caption, spade_result, spade_caption, overlays], **PRIVATE)
+              [result, caption, spade_result, spade_caption, overlays], **PRIVATE, **MODEL_QUEUE)
 
     # -- the public /sis_transfer endpoint (files in, edited image out; no widgets of its own) -----------
     api_inputs = [gr.File(visible=False, type="filepath") for _ in range(4)] + [gr.Textbox(visible=False)]
@@ -210,7 +215,7 @@ def _sis_tab(gr: Any, sis: SISModels, upload_root: str | None) -> None:
         names = [c.strip() for c in (classes or "").split(",") if c.strip()]
         return handlers.sis_edit(sis, own, other, mode="transfer styles", classes=names).image
 
-    gr.Button(visible=False).click(sis_transfer, api_inputs, api_output, api_name="sis_transfer")
+    gr.Button(visible=False).click(sis_transfer, api_inputs, api_output, api_name="sis_transfer", **MODEL_QUEUE)
 
 
 def _t2i_tab(gr: Any, t2i: T2IModel) -> tuple[Callable, list, list]:
@@ -272,7 +277,7 @@ def _t2i_tab(gr: Any, t2i: T2IModel) -> tuple[Callable, list, list]:
         return out.unguided, out.guided, out.attention, out.unguided_caption, out.guided_caption, out.groups
 
     run.click(t2i_generate, [prompt, subjects, method, seed, step_size, guided_steps, steps, guidance_scale, boxes],
-              [unguided, guided, attention, unguided_caption, guided_caption, groups], api_name="t2i_generate")
+              [unguided, guided, attention, unguided_caption, guided_caption, groups], api_name="t2i_generate", **MODEL_QUEUE)
     return preview, [prompt, subjects], [groups]  # also run when the page loads (build_app)
 
 
