@@ -227,3 +227,45 @@ def test_pooled_maps_are_area_averages_and_the_default_blocks_are_double_stream(
     _, fine_maps = run_with(transformer, inputs, fine, "observing")
     _, coarse_maps = run_with(transformer, inputs, coarse, "observing")
     torch.testing.assert_close(coarse_maps, fine_maps.unflatten(1, (2, 2)).unflatten(3, (2, 2)).mean(dim=(2, 4)))
+
+
+# Peer check against FOCUS (github.com/ericbill21/FOCUS, commit 3fb00e9): its own SD3AttnProcessor /
+# FluxAttnProcessor and Controller (diffusers 0.33.1, transformers 4.53, in a separate scratch venv
+# outside this project) were run on these exact tiny transformers (saved with save_pretrained) and
+# inputs, with FOCUS's processors on every transformer_blocks.*.attn as its pipelines install them;
+# recorded per selected text row: sum over pixels, max, first and last pixel of the map averaged over
+# blocks and heads (FOCUS's storage before its blur). Our capture agreed to 1.6e-9 (SD3) / 5.6e-9 (FLUX).
+FOCUS_SD3 = {  # row: (sum, max, first, last); rows 3, 6, 7 CLIP; 79, 82, 83 T5 ("cat", "sun", "flower")
+    79: (0.6390054, 0.0034466, 0.0025305, 0.0023779), 3: (0.6465130, 0.0035994, 0.0026278, 0.0024954),
+    82: (0.5907417, 0.0041064, 0.0022329, 0.0021275), 83: (0.6047391, 0.0038289, 0.0024353, 0.0021123),
+    6: (0.6227342, 0.0031286, 0.0025808, 0.0023719), 7: (0.6330043, 0.0032848, 0.0027521, 0.0023077),
+}
+FOCUS_FLUX = {2: (0.5832832, 0.0169343, 0.0070607, 0.0076429), 5: (0.6327002, 0.0233705, 0.0050652, 0.0120565),
+              6: (0.5938411, 0.0143052, 0.0077245, 0.0076955)}
+FOCUS_PROMPT = "a red cat and a sunflower"
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_maps_agree_with_focus_on_the_same_model_and_inputs(family):
+    from attnsynth.t2i.testing import tiny_flux_pipeline, tiny_sd3_pipeline
+
+    if family == "sd3":
+        pipe = tiny_sd3_pipeline(seed=0)
+        embeds, _, pooled, _ = pipe.encode_prompt(FOCUS_PROMPT, None, None, do_classifier_free_guidance=False, max_sequence_length=77)
+        latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+        inputs = dict(hidden_states=latents, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=torch.tensor([700.0]))
+        grid, text, expected = (16, 16), 154, FOCUS_SD3
+    else:
+        pipe = tiny_flux_pipeline(seed=0)
+        embeds, pooled, text_ids = pipe.encode_prompt(FOCUS_PROMPT, None, max_sequence_length=32)
+        latents, image_ids = pipe.prepare_latents(1, 1, 32, 32, embeds.dtype, "cpu", torch.Generator().manual_seed(6))
+        inputs = dict(hidden_states=latents, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=torch.tensor([0.7]),
+                      guidance=torch.tensor([3.5]), txt_ids=text_ids, img_ids=image_ids)
+        grid, text, expected = (8, 8), 32, FOCUS_FLUX
+    capture = JointAttentionCapture(pipe.transformer, grid=grid, text_tokens=text)  # default blocks = FOCUS's
+    with capture, torch.no_grad():
+        maps = capture.forward_until_captured(lambda: pipe.transformer(return_dict=False, **inputs))[0].flatten(0, 1)
+    for row, numbers in expected.items():
+        column = maps[:, row]
+        ours = (column.sum(), column.max(), column[0], column[-1])
+        torch.testing.assert_close(torch.stack(ours), torch.tensor(numbers), rtol=0, atol=2e-7)

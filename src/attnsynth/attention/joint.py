@@ -118,7 +118,8 @@ def text_attention_probs(
     query: ``[B, heads, N_img, d]`` (image queries only); key: ``[B, heads, S, d]`` (all keys);
     ``text``: the text columns of the keys. Returns ``[B, N_img, T]`` in float32 (float64 inputs stay float64). Queries are taken
     ``chunk_size`` at a time (default: as many as keep ``B·heads·chunk·S <= chunk_elements``);
-    with autograd on, each chunk is recomputed in the backward pass instead of being stored.
+    with autograd on and more than one chunk, each chunk is recomputed in the backward pass
+    instead of being stored.
     """
     batch, heads, queries, _ = query.shape
     keys = key.shape[2]
@@ -127,7 +128,9 @@ def text_attention_probs(
         chunk_size = max(1, chunk_elements // max(1, batch * heads * keys))
     dtype = torch.promote_types(query.dtype, torch.float32)  # float32 for half precision, float64 stays
     query, key = query.to(dtype), key.to(dtype)
-    grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad)
+    # Recompute in the backward pass only when there are several chunks: a single chunk stores no more
+    # than it computes, and recomputing it would only cost time.
+    grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad) and chunk_size < queries
     chunks = []
     for begin in range(0, queries, chunk_size):
         q = query[:, :, begin : begin + chunk_size]
