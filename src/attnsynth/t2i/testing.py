@@ -23,6 +23,7 @@ import torch
 __all__ = [
     "MULTI_TOKEN_WORDS",
     "VOCABULARY",
+    "sd14_map_shaped_unet_config",
     "sd15_shaped_unet_config",
     "tiny_sd_components",
     "tiny_sd_pipeline",
@@ -490,3 +491,25 @@ def tiny_flux_components(
 def tiny_flux_pipeline(*, pipeline_class: type | None = None, device: str | torch.device = "cpu", **component_kwargs):
     """A tiny FLUX pipeline (``FluxPipeline`` unless ``pipeline_class`` is given), progress bar off."""
     return _assembled("FluxPipeline", pipeline_class, tiny_flux_components(**component_kwargs), device)
+
+
+def sd14_map_shaped_unet_config(cross_attention_dim: int = 32) -> dict[str, Any]:
+    """A tiny UNet whose 16×16 maps come from the layers SD 1.4 reads at 512²: 2 down + 3 up.
+
+    Blocks Down / CrossAttnDown / CrossAttnDown (channels 32, 64, 64), 2 layers per block,
+    8 heads, latent 32²: the 16² level has 2 down-block and 3 up-block cross-attention layers,
+    as SD 1.4's down_blocks.2 / up_blocks.1. Used by the AI-T2I parity test (with
+    ``tiny_sd_components(unet_config=..., seed=0)``, the weights the authors' pipeline ran on).
+    """
+    return {
+        "sample_size": 32,
+        "in_channels": 4,
+        "out_channels": 4,
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        "block_out_channels": (32, 64, 64),
+        "layers_per_block": 2,
+        "attention_head_dim": 8,  # diffusers' legacy name: 8 heads, as SD 1.4
+        "cross_attention_dim": cross_attention_dim,
+        "norm_num_groups": 8,
+    }
