@@ -73,7 +73,9 @@ def test_swap_shape_with_self_is_identity_and_with_donor_changes_one_token(model
     own = edits.reconstruct(model, image, labels)
     assert torch.equal(edits.swap_shape(model, image, labels, labels, classes="hair", label_set=CELEBAMASK_HQ).images, own.images)
     swapped = edits.swap_shape(model, image, labels, donor, classes="hair", label_set=CELEBAMASK_HQ)
-    assert (swapped.shape != own.shape).any(dim=-1)[0].nonzero().flatten().tolist() == [13]
+    hair_token = edits.shape_token_index(model, 13)  # 12: the background (class 0) has no shape token in this config
+    assert hair_token == model.mask_embedder.kept_classes.index(13)
+    assert (swapped.shape != own.shape).any(dim=-1)[0].nonzero().flatten().tolist() == [hair_token]
     assert torch.equal(swapped.style, own.style)
 
 

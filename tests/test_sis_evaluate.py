@@ -116,3 +116,16 @@ def test_cli_evaluate_json(run, capsys, monkeypatch):
     assert exit.value.code in (0, None)
     report = json.loads(capsys.readouterr().out)
     assert [row["level"] for row in report["mask_noise"]] == [0.0, 0.1] and "toy" in report
+
+
+def test_fp16_checkpoint_is_evaluated_in_float32(run, tmp_path):
+    from attnsynth.sis import edits
+    from attnsynth.sis.model import SISModel
+
+    half = tmp_path / "half"
+    SISModel.from_pretrained(run).half().save_pretrained(half)
+    model, _ = edits.load_model(half)
+    assert model.dtype == torch.float32
+    report = evaluate(EvalConfig(checkpoint=str(half), data="toy-faces", n=2, noise_levels=(0.0,), transfer_groups=("hair",)))
+    reference = evaluate(EvalConfig(checkpoint=str(run), data="toy-faces", n=2, noise_levels=(0.0,), transfer_groups=("hair",)))
+    assert abs(report["reconstruction"]["psnr"] - reference["reconstruction"]["psnr"]) < 0.5  # fp16 rounding of the weights only

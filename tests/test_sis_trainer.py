@@ -67,6 +67,7 @@ def test_run_directory_contents(straight_run):
     record = read_log(straight_run / "log.jsonl")[-1]
     for key in ("loss/G/total", "loss/G/gan", "loss/G/fm", "loss/G/att", "loss/D/total", "lr/G", "lr/D"):
         assert key in record
+    assert "loss/G/l1" not in record  # lambda_l1 = 0 (the paper's) computes no pixel loss
     assert record["lr/G"] == pytest.approx(1e-4 * lr_factor(5, 6, 0.5)) and record["lr/D"] == pytest.approx(4e-4 * lr_factor(5, 6, 0.5))
     assert (straight_run / "samples" / "step_0000006.png").is_file()
     files = {p.name for p in (straight_run / "checkpoint").iterdir()}
@@ -236,3 +237,57 @@ def test_checkpoint_from_another_model_is_a_one_line_error(tmp_path):
     restored = torch.nn.Linear(3, 2)
     assert ckpt.load_training_state(tmp_path / "c", modules={"m": restored}, optimizers={"m": torch.optim.Adam(restored.parameters())}) == {"step": 1}
     assert torch.equal(restored.weight, model.weight)
+
+
+def test_loss_weights_are_saved_and_the_pixel_l1_is_logged(tmp_path):
+    out = tmp_path / "l1"
+    train(_config(out, steps=2, checkpoint_every=0, lambda_l1=2.5, lambda_fm=3.0, lambda_att=0.5))
+    saved = json.loads((out / "train_config.json").read_text())["train"]
+    assert (saved["lambda_l1"], saved["lambda_fm"], saved["lambda_att"]) == (2.5, 3.0, 0.5)
+    record = read_log(out / "log.jsonl")[-1]
+    total = record["loss/G/gan"] + 3.0 * record["loss/G/fm"] + 2.5 * record["loss/G/l1"] + 0.5 * record["loss/G/att"]
+    assert record["loss/G/l1"] > 0 and record["loss/G/total"] == pytest.approx(total, rel=1e-5)
+
+
+def test_learning_curve_is_written_every_eval_every_steps(tmp_path):
+    out = tmp_path / "curve"
+    train(_config(out, steps=4, checkpoint_every=0, eval_every=2, eval_n=3))
+    records = read_log(out / "eval.jsonl")
+    assert [r["step"] for r in records] == [2, 4] and all(r["n"] == 3 for r in records)
+    assert {"reconstruction/psnr", "toy/style_error/reconstruction", "transfer/hair/transferred", "toy/global_consistency/transfer/skin"} <= set(records[0])
+
+
+def test_resume_with_nothing_to_resume_is_a_one_line_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"--resume: .*checkpoint/state\.json does not exist, nothing to resume"):
+        train(_config(tmp_path / "empty"), resume=True)
+    assert not (tmp_path / "empty").exists()
+
+
+def test_mapping_resume_with_nothing_to_resume_is_a_one_line_error(straight_run):
+    with pytest.raises(FileNotFoundError, match=r"mapping_checkpoint/state\.json does not exist, nothing to resume"):
+        train_mapping(MappingTrainConfig(run=str(straight_run), steps=1, batch_size=2), resume=True)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_damaged_checkpoint_files_are_one_line_errors_naming_the_file(straight_run, tmp_path, damage):
+    import shutil
+
+    from attnsynth.sis import edits
+
+    run = tmp_path / "copy"
+    shutil.copytree(straight_run, run)
+
+    def spoil(path):
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not a safetensors file" * 4)
+
+    spoil(run / "checkpoint" / "generator.safetensors")
+    with pytest.raises(ValueError, match=r"weights file .*checkpoint/generator\.safetensors is damaged"):
+        train(_config(run, steps=8), resume=True)
+    spoil(run / "model.safetensors")
+    with pytest.raises(ValueError, match=r"weights file .*copy/model\.safetensors is damaged"):
+        edits.load_model(run)
+    shutil.copy(straight_run / "checkpoint" / "generator.safetensors", run / "checkpoint" / "generator.safetensors")
+    spoil(run / "checkpoint" / "optim_discriminator.safetensors")
+    with pytest.raises(ValueError, match=r"optim_discriminator\.safetensors is damaged"):
+        train(_config(run, steps=8), resume=True)

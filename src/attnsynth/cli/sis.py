@@ -66,10 +66,17 @@ def train_command(
     vgg_weights: Optional[Path] = typer.Option(None, "--vgg-weights", help="Local VGG19 weights; without them the perceptual loss is OFF."),
     lr_g: float = typer.Option(1e-4, "--lr-g", help="Generator learning rate (TTUR)."),
     lr_d: float = typer.Option(4e-4, "--lr-d", help="Discriminator learning rate (TTUR)."),
+    lambda_fm: float = typer.Option(10.0, "--lambda-fm", help="Weight of discriminator feature matching."),
+    lambda_vgg: float = typer.Option(10.0, "--lambda-vgg", help="Weight of the VGG19 perceptual loss (needs --vgg-weights)."),
+    lambda_att: float = typer.Option(1.0, "--lambda-att", help="Weight of the attention loss L_att (CA²-SIS only)."),
+    lambda_l1: float = typer.Option(0.0, "--lambda-l1", help="Weight of a pixel L1 reconstruction loss (0 in the paper; needs no weights)."),
     mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16 (GPU)."),
     sample_every: int = typer.Option(500, "--sample-every", help="Sample grid period in steps (0: only at the end)."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Checkpoint period in steps (0: only at the end)."),
     log_every: int = typer.Option(10, "--log-every", help="log.jsonl period in steps."),
+    eval_every: int = typer.Option(0, "--eval-every", help="Learning curve: evaluate the EMA generator on held-out data every N steps into eval.jsonl (0: never)."),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out dataset of the learning curve (its test split; default: the test split of --data)."),
+    eval_n: int = typer.Option(50, "--eval-n", help="Held-out images per learning-curve evaluation."),
     seed: int = typer.Option(0, "--seed", help="Seed of init, data order, augmentation and per-step RNG."),
     toy_n: int = typer.Option(512, "--toy-n", help="Number of scenes for --data toy-faces."),
     layout: str = typer.Option("auto", "--layout", help="Dataset layout: auto, celebamask, ade20k, folder."),
@@ -83,8 +90,10 @@ def train_command(
     from attnsynth.sis.train_config import TrainConfig
 
     cfg = TrainConfig(data=data, out=str(out), config=config, resolution=_resolution(resolution), steps=steps, batch_size=batch_size,
-                      lr_g=lr_g, lr_d=lr_d, vgg_weights=str(vgg_weights) if vgg_weights else None, mixed_precision=mixed_precision,
-                      sample_every=sample_every, checkpoint_every=checkpoint_every, log_every=log_every, seed=seed, toy_n=toy_n,
+                      lr_g=lr_g, lr_d=lr_d, lambda_fm=lambda_fm, lambda_vgg=lambda_vgg, lambda_att=lambda_att, lambda_l1=lambda_l1,
+                      vgg_weights=str(vgg_weights) if vgg_weights else None, mixed_precision=mixed_precision,
+                      sample_every=sample_every, checkpoint_every=checkpoint_every, log_every=log_every,
+                      eval_every=eval_every, eval_data=eval_data, eval_n=eval_n, seed=seed, toy_n=toy_n,
                       layout=layout, num_workers=num_workers, augment=not no_augment)
     if dry_run:
         typer.echo(json.dumps(cfg.to_dict(), indent=2))

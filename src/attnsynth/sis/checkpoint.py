@@ -13,11 +13,13 @@ It also names the files of a finished run that edits and evaluation read (:func:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from attnsynth.data.labelsets import CELEBAMASK_HQ, LabelSet
@@ -27,6 +29,16 @@ from attnsynth.utils.io import atomic_directory, read_json
 FORMAT_VERSION = 1
 LABELSET_FILE = "labelset.json"  # RUN/labelset.json: class names, flip pairs, presets of the model
 MAPPING_WEIGHTS = "mapping.safetensors"  # RUN/mapping.safetensors: the random-style mapping network
+
+
+@contextlib.contextmanager
+def readable_weights(path: str | Path) -> Iterator[None]:
+    """Inside this block a damaged safetensors file (truncated, corrupt header) is a one-line ValueError naming ``path``."""
+    try:
+        yield
+    except SafetensorError as error:
+        raise ValueError(f"weights file {path} is damaged ({' '.join(str(error).split())}); "
+                         "expected a complete .safetensors file — restore or re-create it") from None
 
 
 def load_labelset(run: str | Path, num_classes: int) -> LabelSet:
@@ -117,10 +129,13 @@ def load_training_state(
         path = directory / f"{name}.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file {path} is missing")
-        load_safetensors(module, path)  # key mismatch (e.g. a checkpoint from another config) -> one-line ValueError
+        with readable_weights(path):
+            load_safetensors(module, path)  # key mismatch (e.g. a checkpoint from another config) -> one-line ValueError
     for name, optimizer in optimizers.items():
         path = directory / f"optim_{name}.safetensors"
         if not path.is_file() or name not in meta["optimizers"]:
             raise FileNotFoundError(f"checkpoint file {path} (or its metadata) is missing")
-        optimizer.load_state_dict(unflatten_optimizer(load_file(str(path)), meta["optimizers"][name]))
+        with readable_weights(path):
+            tensors = load_file(str(path))
+        optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizers"][name]))
     return meta["state"]

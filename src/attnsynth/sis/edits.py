@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 
 from attnsynth.data.labelsets import LabelSet
-from attnsynth.sis.checkpoint import MAPPING_WEIGHTS, load_labelset
+from attnsynth.sis.checkpoint import MAPPING_WEIGHTS, load_labelset, readable_weights
 
 ClassSpec = str | int | Sequence[int] | Sequence[str] | None
 
@@ -40,14 +40,19 @@ class EditResult:
 
 
 # ---- loading a trained run ------------------------------------------------------------------------
-def load_model(run: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
-    """(model, label set) of a trained run directory (``config.json`` + ``model.safetensors``), in eval mode."""
-    from attnsynth.sis.model import SISModel
+def load_model(run: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """(model, label set) of a trained run directory (``config.json`` + ``model.safetensors``), in eval mode.
+
+    The weights are cast to the compute ``dtype`` (float32 unless asked): a checkpoint stored in
+    fp16 (the shipped ones) otherwise meets float32 inputs in its first layer.
+    """
+    from attnsynth.sis.model import WEIGHTS_NAME, SISModel
 
     run = Path(run)
     if not run.is_dir():
         raise FileNotFoundError(f"--checkpoint {run} is not a directory")
-    model = SISModel.from_pretrained(run, device=device, dtype=dtype).eval()
+    with readable_weights(run / WEIGHTS_NAME):
+        model = SISModel.from_pretrained(run, device=device, dtype=dtype).eval()
     return model, load_labelset(run, model.config.num_classes)
 
 
@@ -60,7 +65,8 @@ def load_mapping(run: str | Path, model) -> torch.nn.Module:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: train the mapping network first (attnsynth sis train-mapping --checkpoint {run})")
     mapping = MappingNetwork(model.config)
-    load_safetensors(mapping, path)
+    with readable_weights(path):
+        load_safetensors(mapping, path)
     return mapping.to(model.device, model.dtype).eval()
 
 

@@ -1,14 +1,16 @@
 """Evaluating a trained SIS model: reconstruction quality, optional FID/LPIPS/mIoU, toy-face oracles, mask noise.
 
-``evaluate(EvalConfig)`` returns one JSON-able report:
+``evaluate(EvalConfig)`` (a checkpoint on disk) and ``evaluate_model`` (a model in memory, e.g. the
+trainer's EMA generator for its learning curve) return one JSON-able report:
 
 * ``reconstruction`` — PSNR and SSIM (11×11 Gaussian, σ 1.5) of the model's reconstruction of each
   test image from its own mask and style; FID (reconstructions vs real test images), LPIPS and mIoU
   only when their networks are given locally, otherwise listed under ``off`` with the reason;
 * ``toy`` (toy faces only, exact oracles of :mod:`attnsynth.toyworld.faces`) — reconstruction
   style error, global consistency of reconstructions and of local transfers (real images for
-  reference), and per-group style-transfer accuracy: transferred classes must take the reference
-  style, the other classes keep theirs;
+  reference; ``global_consistency/transfer`` after the first group's transfer,
+  ``global_consistency/transfer/<group>`` after each group's), and per-group style-transfer
+  accuracy: transferred classes must take the reference style, the other classes keep theirs;
 * ``mask_noise`` — the same metrics with masks perturbed at each noise level
   (:func:`attnsynth.data.mask_noise.perturb_labels`), as rows of a table.
 """
@@ -144,9 +146,7 @@ def _mean(values: list[float]) -> float:
 def evaluate(config: EvalConfig, *, progress: bool = False) -> dict[str, Any]:
     """Run every available metric on ``config.n`` test images; see the module docstring."""
     from attnsynth.data import load_dataset
-    from attnsynth.data.mask_noise import perturb_labels
     from attnsynth.sis import edits
-    from attnsynth.sis.model import labels_to_onehot
 
     # 1. model, data, optional networks
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -155,7 +155,6 @@ def evaluate(config: EvalConfig, *, progress: bool = False) -> dict[str, Any]:
     dataset = load_dataset(config.data, split=config.split, resolution=resolution, augment=False, layout=config.layout, toy_n=config.n, seed=config.seed)
     if dataset.num_classes != model.config.num_classes:
         raise ValueError(f"--data has {dataset.num_classes} classes but the model in {config.checkpoint} has {model.config.num_classes}")
-    indices = list(range(min(config.n, len(dataset))))
     off: dict[str, str] = {}
     fid_features = None
     if config.inception_weights:
@@ -170,17 +169,45 @@ def evaluate(config: EvalConfig, *, progress: bool = False) -> dict[str, Any]:
     segmenter = _load_script(config.segmenter, device, "--segmenter") if config.segmenter else None
     if segmenter is None:
         off["miou"] = "no --segmenter (a local TorchScript segmentation network) given"
+    report = evaluate_model(model, label_set, dataset, n=config.n, batch_size=config.batch_size, noise_levels=config.noise_levels,
+                            transfer_groups=config.transfer_groups, seed=config.seed, fid_features=fid_features, lpips=lpips,
+                            segmenter=segmenter, progress=progress)
+    report = {"checkpoint": str(config.checkpoint), "data": str(config.data), "split": config.split, **report}
+    report["off"] = {**off, **report["off"]}
+    return report
+
+
+@torch.no_grad()
+def evaluate_model(model, label_set, dataset, *, n: int, batch_size: int = 8, noise_levels: tuple[float, ...] = DEFAULT_NOISE_LEVELS,
+                   transfer_groups: tuple[str, ...] = DEFAULT_TRANSFER_GROUPS, seed: int = 0, fid_features=None, lpips=None,
+                   segmenter=None, progress: bool = False, per_image: bool = False) -> dict[str, Any]:
+    """The report of :func:`evaluate` for an in-memory ``model`` on the first ``n`` items of ``dataset``.
+
+    The trainer calls it on its EMA generator for the learning curve. ``per_image`` adds
+    ``per_image``: each face's reconstruction PSNR, style error and global consistencies and each
+    group's transfer verdicts (for bootstrap intervals over faces).
+    """
+    from attnsynth.data.mask_noise import perturb_labels
+    from attnsynth.sis.model import labels_to_onehot
+
+    device = model.device
+    was_training = model.training
+    model.eval()
+    resolution = model.config.resolution
+    indices = list(range(min(n, len(dataset))))
+    off: dict[str, str] = {}
     records = _toy_records(dataset, indices)
     if records is None:
         off["toy"] = "not toy faces (no ground-truth records)"
 
     # 2. loop over batches: clean reconstruction, then every noise level
-    levels = tuple(dict.fromkeys((0.0, *config.noise_levels)))
+    levels = tuple(dict.fromkeys((0.0, *noise_levels)))
     quality = {level: _Quality(fid_features=fid_features if level == 0.0 else None, lpips=lpips, segmenter=segmenter, num_classes=model.config.num_classes) for level in levels}
     toy: dict[str, list[float]] = {}
     noise_changed: dict[float, list[float]] = {level: [] for level in levels}
     noise_style: dict[float, list[float]] = {level: [] for level in levels}
-    transfer_stats: dict[str, dict[str, list[bool]]] = {g: {"transferred": [], "kept": []} for g in config.transfer_groups}
+    transfer_stats: dict[str, dict[str, list[bool]]] = {g: {"transferred": [], "kept": []} for g in transfer_groups}
+    transfer_per_image: dict[str, list[dict[str, float]]] = {g: [] for g in transfer_groups}
     bar = None
     if progress:
         from rich.progress import Progress
@@ -189,15 +216,15 @@ def evaluate(config: EvalConfig, *, progress: bool = False) -> dict[str, Any]:
         bar.start()
         task = bar.add_task("sis evaluate", total=len(indices))
     try:
-        for batch_indices in _batches(indices, config.batch_size):
+        for batch_indices in _batches(indices, batch_size):
             items = [dataset[i] for i in batch_indices]
             image = torch.stack([it["image"] for it in items]).to(device)
             labels = torch.stack([it["labels"] for it in items]).to(device)
             batch_records = [records[indices.index(i)] for i in batch_indices] if records else None
             for level in levels:
-                generator = torch.Generator().manual_seed(config.seed * 7919 + int(level * 1e6))
+                generator = torch.Generator().manual_seed(seed * 7919 + int(level * 1e6))
                 noisy = labels if level == 0.0 else torch.stack([perturb_labels(l, level, generator=generator) for l in labels])
-                fake = model(image, labels_to_onehot(noisy, model.config.num_classes, dtype=model.dtype))
+                fake = model(image.to(model.dtype), labels_to_onehot(noisy, model.config.num_classes, dtype=model.dtype))
                 quality[level].update(fake, image, labels)
                 noise_changed[level] += (noisy != labels).float().flatten(1).mean(1).tolist()
                 if batch_records:
@@ -209,18 +236,17 @@ def evaluate(config: EvalConfig, *, progress: bool = False) -> dict[str, Any]:
                             toy.setdefault("global_consistency/reconstruction", []).append(faces.global_consistency(to_uint8(fake[k]), labels[k].cpu().numpy()))
                             toy.setdefault("global_consistency/real", []).append(faces.global_consistency(to_uint8(image[k]), labels[k].cpu().numpy()))
             if batch_records and len(indices) > 1:
-                _transfer_scores(model, dataset, indices, batch_indices, image, labels, records, config.transfer_groups, label_set, transfer_stats, toy)
+                _transfer_scores(model, dataset, indices, batch_indices, image, labels, records, transfer_groups, label_set, transfer_stats, toy,
+                                 transfer_per_image)
             if bar is not None:
                 bar.update(task, advance=len(batch_indices))
     finally:
         if bar is not None:
             bar.stop()
+        model.train(was_training)
 
     # 3. the report
     report: dict[str, Any] = {
-        "checkpoint": str(config.checkpoint),
-        "data": str(config.data),
-        "split": config.split,
         "n": len(indices),
         "resolution": list(resolution),
         "arch": model.config.arch,
@@ -237,16 +263,23 @@ def evaluate(config: EvalConfig, *, progress: bool = False) -> dict[str, Any]:
         else:
             off["transfer_accuracy"] = "needs n >= 2 (each image takes styles from the next)"
     rows = []
-    for level in config.noise_levels:
+    for level in noise_levels:
         row = {"level": level, "changed_pixels": _mean(noise_changed[level]), **{k: v for k, v in quality[level].report().items() if k != "fid"}}
         if records:
             row["style_error"] = _mean(noise_style[level])
         rows.append(row)
     report["mask_noise"] = rows
+    if per_image:
+        report["per_image"] = {
+            "psnr": {str(level): quality[level].psnr for level in levels},
+            "style_error": {str(level): noise_style[level] for level in levels},
+            **{k: v for k, v in toy.items()},
+            "transfer": transfer_per_image,
+        }
     return report
 
 
-def _transfer_scores(model, dataset, indices, batch_indices, image, labels, records, groups, label_set, stats, toy) -> None:
+def _transfer_scores(model, dataset, indices, batch_indices, image, labels, records, groups, label_set, stats, toy, per_image) -> None:
     """Toy faces: transfer each class group from the next test image; score with the exact oracle."""
     from attnsynth.sis import edits
     from attnsynth.toyworld import faces
@@ -265,8 +298,15 @@ def _transfer_scores(model, dataset, indices, batch_indices, image, labels, reco
             verdicts = faces.per_class_transfer(out, lab, original, reference_record, sorted(ids))
             for c, ok in verdicts.items():
                 stats[group]["transferred" if c in ids else "kept"].append(ok)
+            moved = [ok for c, ok in verdicts.items() if c in ids]
+            kept = [ok for c, ok in verdicts.items() if c not in ids]
+            per_image[group].append({"transferred": float(np.mean(moved)) if moved else float("nan"),
+                                     "kept": float(np.mean(kept)) if kept else float("nan"),
+                                     "n_transferred": len(moved), "n_kept": len(kept)})
+            consistency = faces.global_consistency(out, lab)
+            toy.setdefault(f"global_consistency/transfer/{group}", []).append(consistency)
             if group == groups[0]:
-                toy.setdefault("global_consistency/transfer", []).append(faces.global_consistency(out, lab))
+                toy.setdefault("global_consistency/transfer", []).append(consistency)
 
 
 def format_report(report: dict[str, Any]) -> str:

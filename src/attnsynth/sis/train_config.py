@@ -11,11 +11,13 @@ from typing import Any, Mapping
 
 from attnsynth.utils.images import parse_resolution
 
-MODEL_PRESETS = ("small", "faithful", "spade-small", "spade-faithful")
+MODEL_PRESETS = ("small", "faithful", "spade-small", "spade-faithful", "toy", "spade-toy")
 PRECISIONS = ("no", "fp16", "bf16")
 # Fields that may change when a run is resumed; every other field must equal the saved value.
-# (A new ``steps`` also moves the lr decay, so such a run no longer retraces an uninterrupted one.)
-RESUMABLE_CHANGES = ("steps", "sample_every", "checkpoint_every", "log_every", "num_workers", "mixed_precision")
+# (A new ``steps`` also moves the lr decay, so such a run no longer retraces an uninterrupted one;
+# ``out`` may differ when a run directory was moved or copied.)
+RESUMABLE_CHANGES = ("out", "steps", "sample_every", "checkpoint_every", "log_every", "num_workers", "mixed_precision", "eval_every",
+                     "eval_data", "eval_n")
 
 
 def _positive(owner: str, name: str, value: Any, *, zero_ok: bool = False) -> None:
@@ -47,11 +49,15 @@ class TrainConfig:
     lambda_fm: float = 10.0  # discriminator feature matching
     lambda_vgg: float = 10.0  # VGG19 perceptual loss (only with vgg_weights)
     lambda_att: float = 1.0  # attention loss L_att (ca2sis arch only)
+    lambda_l1: float = 0.0  # pixel L1 |G − x| (0 in the paper; a reconstruction loss that needs no downloaded weights)
     vgg_weights: str | None = None  # local VGG19 weights; None → perceptual loss OFF
     mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
     sample_every: int = 500  # sample grid PNG period (0 = only at the end)
     checkpoint_every: int = 500  # resumable checkpoint period (0 = only at the end)
     log_every: int = 10  # JSONL log period
+    eval_every: int = 0  # learning curve: evaluate the EMA generator every this many steps into eval.jsonl (0 = never)
+    eval_data: str | None = None  # held-out data of the learning curve (its test split); None = the test split of `data`
+    eval_n: int = 50  # held-out images per learning-curve evaluation
     seed: int = 0  # model init, data order, augmentation, per-step RNG
     layout: str = "auto"  # dataset layout: auto | celebamask | ade20k | folder
     toy_n: int = 512  # number of scenes for data="toy-faces"
@@ -68,11 +74,11 @@ class TrainConfig:
             raise ValueError(f"{owner}.resolution={self.resolution!r} is invalid: expected (H, W) with positive integers")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"{owner}.mixed_precision={self.mixed_precision!r} is invalid: expected one of {', '.join(PRECISIONS)}")
-        for name in ("steps", "batch_size", "log_every", "toy_n"):
+        for name in ("steps", "batch_size", "log_every", "toy_n", "eval_n"):
             _positive(owner, name, getattr(self, name))
-        for name in ("sample_every", "checkpoint_every", "num_workers", "seed"):
+        for name in ("sample_every", "checkpoint_every", "num_workers", "seed", "eval_every"):
             _positive(owner, name, getattr(self, name), zero_ok=True)
-        for name in ("lr_g", "lr_d", "lambda_fm", "lambda_vgg", "lambda_att"):
+        for name in ("lr_g", "lr_d", "lambda_fm", "lambda_vgg", "lambda_att", "lambda_l1"):
             _non_negative_float(owner, name, getattr(self, name))
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"{owner}.betas={self.betas!r} is invalid: expected two numbers in [0, 1)")
