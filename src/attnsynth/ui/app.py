@@ -140,7 +140,7 @@ def _sis_tab(gr: Any, sis: SISModels, upload_root: str | None) -> None:
         with gr.Column(visible=sis.spade is not None):
             spade_result = gr.Image(label="SPADE", interactive=False, height=256, format="png", elem_id="sis-spade-result")
             spade_caption = gr.Markdown(elem_id="sis-spade-caption")
-    overlays = gr.Gallery(label="Per-class attention of the CA²-SIS result: where each class's style token is read "
+    overlays = gr.Gallery(label="Per-class attention over the CA²-SIS result: where each class's style token is read "
                           "(each map on its own range, bright = high; p = its largest probability)",
                           columns=8, height="auto", format="png", elem_id="sis-overlays")
 

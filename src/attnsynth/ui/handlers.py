@@ -301,9 +301,11 @@ def sis_edit(models: SISModels, source: Picture | None, reference: Picture | Non
     result = _run_edit(models.model, models.mapping, source, reference, attention=models.model.config.arch == "ca2sis", **common)
     images = np.stack([to_uint8(image) for image in result.images])  # [N, H, W, 3]
     overlays = []
-    if result.attention:  # per-class softmax over the layers [C, H, W], each map shown on its own colour range
+    if result.attention:  # per-class softmax over the layers [C, H, W], each map on its own colour range, over the image
         probs = attention_probabilities([layer[:1] for layer in result.attention], tuple(result.images.shape[-2:]))[0]
-        overlays = [(heatmap(probs[c].numpy()), f"{models.label_set.class_names[c]} (p ≤ {float(probs[c].max()):.2f})")
+        base = images[0].astype(np.float32)
+        overlays = [(np.round(0.35 * base + 0.65 * heatmap(probs[c].numpy())).astype(np.uint8),
+                     f"{models.label_set.class_names[c]} (p ≤ {float(probs[c].max()):.2f})")
                     for c in sorted(int(c) for c in np.unique(source.labels))]
     spade_image = spade_caption = None
     if models.spade is not None:
