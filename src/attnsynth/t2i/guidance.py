@@ -34,6 +34,7 @@ __all__ = [
     "PromptSubjects",
     "TOKEN_SOFTMAX",
     "check_guidance_inputs",
+    "check_method_options",
     "frozen_parameters",
     "plan_subjects",
     "prepare_guidance",
@@ -147,6 +148,46 @@ def _check_token_softmax(token_softmax: Any) -> None:
         raise ValueError(f"token_softmax={token_softmax!r} is invalid; expected one of {list(TOKEN_SOFTMAX)}")
 
 
+def check_method_options(
+    *,
+    method: str | None,
+    boxes: Any,
+    guided_steps: int | None,
+    step_size: float | None,
+    refine_thresholds: Mapping[int, float] | None,
+    loss_weights: Mapping[str, float] | None,
+    attention_res: tuple[int, int] | None,
+    schedule: Callable[[], GuidanceSchedule],
+) -> None:
+    """The model-independent checks of the guidance arguments (shared with the MMDiT pipelines).
+
+    The method is known, boxes come with ``"layout"`` only, schedule and weight options only
+    with a method, ``schedule()`` builds a valid schedule, loss weights are the method's terms
+    and finite, and ``attention_res`` is two positive integers.
+    """
+    if method is not None and method not in METHODS:
+        raise ValueError(f"method={method!r} is unknown; expected one of {list(METHODS)} or None")
+    if boxes is not None and method != "layout":
+        raise ValueError(f"boxes were given but method={method!r} ignores them; use method='layout'")
+    if method == "layout" and boxes is None:
+        raise ValueError("boxes is None; method='layout' needs boxes {subject: (x0, y0, x1, y1)} in [0, 1]")
+    if method is None:
+        extras = {"guided_steps": guided_steps, "step_size": step_size, "refine_thresholds": refine_thresholds, "loss_weights": loss_weights}
+        given = [name for name, value in extras.items() if value is not None]
+        if given:
+            raise ValueError(f"{given[0]} was given but method is None; pass method= one of {list(METHODS)}")
+    else:
+        schedule()
+        for key, value in (loss_weights or {}).items():
+            if key not in DEFAULT_WEIGHTS[method]:
+                raise ValueError(f"loss_weights has term {key!r}, unknown for method {method!r}; expected some of {sorted(DEFAULT_WEIGHTS[method])}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"loss_weights[{key!r}]={value!r} is invalid; expected a finite number")
+    if attention_res is not None:
+        if len(attention_res) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in attention_res):
+            raise ValueError(f"attention_res={attention_res!r} is invalid; expected two positive integers (h, w)")
+
+
 def check_guidance_inputs(
     *,
     method: str | None,
@@ -167,27 +208,16 @@ def check_guidance_inputs(
 ) -> None:
     """Reject bad guidance arguments with a one-line ``ValueError`` before any model runs."""
     _check_token_softmax(token_softmax)
-    if method is not None and method not in METHODS:
-        raise ValueError(f"method={method!r} is unknown; expected one of {list(METHODS)} or None")
-    if boxes is not None and method != "layout":
-        raise ValueError(f"boxes were given but method={method!r} ignores them; use method='layout'")
-    if method == "layout" and boxes is None:
-        raise ValueError("boxes is None; method='layout' needs boxes {subject: (x0, y0, x1, y1)} in [0, 1]")
-    if method is None:
-        extras = {"guided_steps": guided_steps, "step_size": step_size, "refine_thresholds": refine_thresholds, "loss_weights": loss_weights}
-        given = [name for name, value in extras.items() if value is not None]
-        if given:
-            raise ValueError(f"{given[0]} was given but method is None; pass method= one of {list(METHODS)}")
-    else:
-        schedule_options(method, num_inference_steps, guided_steps, step_size, refine_thresholds)
-        for key, value in (loss_weights or {}).items():
-            if key not in DEFAULT_WEIGHTS[method]:
-                raise ValueError(f"loss_weights has term {key!r}, unknown for method {method!r}; expected some of {sorted(DEFAULT_WEIGHTS[method])}")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"loss_weights[{key!r}]={value!r} is invalid; expected a finite number")
-    if attention_res is not None:
-        if len(attention_res) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in attention_res):
-            raise ValueError(f"attention_res={attention_res!r} is invalid; expected two positive integers (h, w)")
+    check_method_options(
+        method=method,
+        boxes=boxes,
+        guided_steps=guided_steps,
+        step_size=step_size,
+        refine_thresholds=refine_thresholds,
+        loss_weights=loss_weights,
+        attention_res=attention_res,
+        schedule=lambda: schedule_options(method, num_inference_steps, guided_steps, step_size, refine_thresholds),
+    )
     if method is not None or return_attention_maps:
         AttentionCapture(unet, latent_size=latent_size, resolution=attention_res)  # validates the grid
     if not isinstance(return_attention_maps, bool):

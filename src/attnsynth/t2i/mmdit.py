@@ -22,7 +22,6 @@ their mass on image keys, so the step size that works there may differ.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -30,8 +29,15 @@ from typing import Any, Callable
 import torch
 
 from attnsynth.attention.joint import JointAttentionCapture
-from attnsynth.t2i.guidance import GuidanceRun, LatentGuidance, PromptSubjects, _check_boxes, _per_prompt, schedule_options
-from attnsynth.t2i.losses import DEFAULT_WEIGHTS, METHODS
+from attnsynth.t2i.guidance import (
+    GuidanceRun,
+    LatentGuidance,
+    PromptSubjects,
+    _check_boxes,
+    _per_prompt,
+    check_method_options,
+    schedule_options,
+)
 from attnsynth.t2i.schedule import METHOD_DEFAULTS, GuidanceSchedule
 from attnsynth.t2i.subjects import SubjectGroup, TextSegment, TextStreamGroup, prompt_token_positions, resolve_stream_subjects
 
@@ -172,29 +178,18 @@ def check_joint_guidance_inputs(
     return_attention_maps: bool,
 ) -> None:
     """Reject bad guidance arguments with a one-line ``ValueError`` before any model runs."""
-    if method is not None and method not in METHODS:
-        raise ValueError(f"method={method!r} is unknown; expected one of {list(METHODS)} or None")
-    if boxes is not None and method != "layout":
-        raise ValueError(f"boxes were given but method={method!r} ignores them; use method='layout'")
-    if method == "layout" and boxes is None:
-        raise ValueError("boxes is None; method='layout' needs boxes {subject: (x0, y0, x1, y1)} in [0, 1]")
     if not isinstance(return_attention_maps, bool):
         raise ValueError(f"return_attention_maps={return_attention_maps!r} is invalid; expected True or False")
-    if method is None:
-        extras = {"guided_steps": guided_steps, "step_size": step_size, "refine_thresholds": refine_thresholds, "loss_weights": loss_weights}
-        given = [name for name, value in extras.items() if value is not None]
-        if given:
-            raise ValueError(f"{given[0]} was given but method is None; pass method= one of {list(METHODS)}")
-    else:
-        flow_matching_schedule(method, num_inference_steps, guided_steps, step_size, refine_thresholds)
-        for key, value in (loss_weights or {}).items():
-            if key not in DEFAULT_WEIGHTS[method]:
-                raise ValueError(f"loss_weights has term {key!r}, unknown for method {method!r}; expected some of {sorted(DEFAULT_WEIGHTS[method])}")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"loss_weights[{key!r}]={value!r} is invalid; expected a finite number")
-    if attention_res is not None:
-        if len(attention_res) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in attention_res):
-            raise ValueError(f"attention_res={attention_res!r} is invalid; expected two positive integers (h, w)")
+    check_method_options(
+        method=method,
+        boxes=boxes,
+        guided_steps=guided_steps,
+        step_size=step_size,
+        refine_thresholds=refine_thresholds,
+        loss_weights=loss_weights,
+        attention_res=attention_res,
+        schedule=lambda: flow_matching_schedule(method, num_inference_steps, guided_steps, step_size, refine_thresholds),
+    )
     if method is not None or return_attention_maps:
         JointAttentionCapture(  # validates the blocks, their processors and the grid
             transformer, grid=grid, text_tokens=text_tokens, resolution=attention_res or default_attention_res(grid), blocks=attention_blocks
