@@ -157,7 +157,7 @@ def test_cli_ui_binds_loopback_and_warns_otherwise(monkeypatch):
     result = runner.invoke(app, ["ui"])
     assert result.exit_code == 0, result.output
     assert calls[-1] == {"host": "127.0.0.1", "port": 7860, "block": True}
-    assert "warning" not in result.output
+    assert "warning: binding" not in result.output
     result = runner.invoke(app, ["ui", "--host", "0.0.0.0", "--port", "7999"])
     assert result.exit_code == 0 and calls[-1]["host"] == "0.0.0.0"
     assert "warning: binding 0.0.0.0:7999" in result.output
@@ -308,3 +308,28 @@ def test_browser_sis_edit_t2i_generation_and_error(server, models, tmp_path_fact
         print(f"screenshots in {shots}")
     finally:
         driver.quit()
+
+
+def test_cli_ui_loads_the_runs_given_by_flag(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from attnsynth.cli import app
+    from attnsynth.sis.configs import get_config
+    from attnsynth.sis.model import build_model, load_config
+    from attnsynth.t2i.testing import tiny_sd_pipeline
+    from attnsynth.ui import app as ui_app
+
+    resolution = tuple(load_config(TOY_CHECKPOINT).resolution)
+    build_model(get_config("spade-small", num_classes=19, resolution=resolution)).save_pretrained(tmp_path / "spade")
+    tiny_sd_pipeline(seed=0).save_pretrained(tmp_path / "sd")
+    built = []
+    monkeypatch.setattr(ui_app, "build_app", lambda sis, t2i: built.append((sis, t2i)) or "blocks")
+    monkeypatch.setattr(ui_app, "launch", lambda blocks, **kwargs: None)
+    runner = CliRunner()
+    result = runner.invoke(app, ["ui", "--sis-checkpoint", str(TOY_CHECKPOINT), "--spade-checkpoint", str(tmp_path / "spade"),
+                                 "--t2i-model", str(tmp_path / "sd")])
+    assert result.exit_code == 0, result.output
+    sis, t2i = built[-1]
+    assert sis.name == TOY_CHECKPOINT.name and sis.spade.config.arch == "spade" and t2i.name == "sd" and not t2i.shapes_oracle
+    result = runner.invoke(app, ["ui", "--sis-checkpoint", str(tmp_path / "missing")])
+    assert isinstance(result.exception, FileNotFoundError) and "is not a directory" in str(result.exception)
