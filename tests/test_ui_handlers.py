@@ -218,3 +218,24 @@ def test_any_sd_or_sdxl_directory_works(tmp_path, family):
                                 step_size=20.0)
     assert out.guided.shape == out.unguided.shape and out.attention is not None
     assert out.guided_caption == "oracle: only for the shapes-world model"
+
+
+def test_random_styles_with_a_mapping_network(sis, tmp_path):
+    """A run with RUN/mapping.safetensors gets random styles: the library's seeded samples, side by side."""
+    import shutil
+
+    from attnsynth.sis.checkpoint import MAPPING_WEIGHTS
+    from attnsynth.sis.mapping import MappingNetwork
+    from attnsynth.sis.model import save_safetensors
+
+    run = tmp_path / "run"
+    shutil.copytree(TOY_CHECKPOINT, run)
+    if not (run / MAPPING_WEIGHTS).is_file():
+        save_safetensors(MappingNetwork(sis.model.config), run / MAPPING_WEIGHTS)
+    models = handlers.load_sis(run)
+    source = handlers.gallery_face(0, models.resolution)
+    out = handlers.sis_edit(models, source, None, mode="random styles", seed=3)
+    expected = edits.sample(models.model, models.mapping, torch.from_numpy(source.labels.astype(np.int64))[None],
+                            n=handlers.RANDOM_STYLE_SAMPLES, seed=3)
+    np.testing.assert_array_equal(out.image, np.concatenate([to_uint8(image) for image in expected.images], axis=1))
+    assert out.caption.startswith("oracle: global consistency")
