@@ -101,18 +101,21 @@ def test_bad_input_is_refused_in_one_line_before_compute(ours):
         block.set_processor(original)
 
 
-def test_lora_pipeline_is_exact_off_and_its_maps_see_the_lora():
+def test_lora_loaded_pipeline_is_exact_off_and_its_maps_see_the_lora(tmp_path):
     from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
 
-    pipe = tiny_sd3_pipeline(seed=0)
-    base = AttentionGuidedStableDiffusion3Pipeline.from_pipe(pipe)
-    base_maps = generate(base, subjects=["cat"], return_attention_maps=True).attention_maps
-    # a LoRA on the joint attention projections (peft, as load_lora_weights installs it)
+    # a LoRA on the joint attention projections, saved in diffusers' format and loaded with load_lora_weights
+    trained = tiny_sd3_pipeline(seed=0)
     config = LoraConfig(r=2, lora_alpha=2, init_lora_weights=False, target_modules=["to_q", "to_k", "add_k_proj"])
-    pipe.transformer.add_adapter(config)
-    lora = AttentionGuidedStableDiffusion3Pipeline.from_pipe(pipe)
+    trained.transformer.add_adapter(config)
+    StableDiffusion3Pipeline.save_lora_weights(tmp_path, transformer_lora_layers=get_peft_model_state_dict(trained.transformer))
+    base = AttentionGuidedStableDiffusion3Pipeline.from_pipe(tiny_sd3_pipeline(seed=0))
+    base_maps = generate(base, subjects=["cat"], return_attention_maps=True).attention_maps
+    lora = AttentionGuidedStableDiffusion3Pipeline.from_pipe(tiny_sd3_pipeline(seed=0))
     lora.set_progress_bar_config(disable=True)
-    assert torch.equal(generate(lora).images, generate(StableDiffusion3Pipeline.from_pipe(pipe)).images)
+    lora.load_lora_weights(tmp_path)
+    assert torch.equal(generate(lora).images, generate(StableDiffusion3Pipeline.from_pipe(lora)).images)
     out = generate(lora, subjects=["cat"], method="ait2i", guided_steps=1, return_attention_maps=True)
     assert torch.isfinite(out.losses["total"]).all()
     assert (out.attention_maps[0] - base_maps[0]).abs().max() > 1e-4  # step 0: same latent, the LoRA'd keys
