@@ -33,6 +33,7 @@ from attnsynth.utils.io import atomic_write_json, read_json  # noqa: E402
 
 DEFAULT_GRID = {
     "ait2i": (0.5, 1.0, 2.0, 5.0),
+    "ait2i-prompt-softmax": (0.5, 1.0, 2.0, 5.0),
     "attend-excite": (1.0, 5.0, 20.0),
     "divide-bind": (1.0, 5.0, 20.0),
     "layout": (1.0, 5.0, 20.0),

@@ -15,7 +15,7 @@ DEFAULT_METHODS = "none,attend-excite,divide-bind,ait2i"
 def toy_t2i_command(
     prompts: int = typer.Option(8, "--prompts", help="Held-out prompts per subject count."),
     seeds: int = typer.Option(2, "--seeds", help="Sampling seeds per prompt."),
-    methods: str = typer.Option(DEFAULT_METHODS, "--methods", help="Comma list: none, attend-excite, divide-bind, ait2i (with --layout: none, layout, layout+ait2i)."),
+    methods: str = typer.Option(DEFAULT_METHODS, "--methods", help="Comma list: none, attend-excite, divide-bind, ait2i, ait2i-prompt-softmax (with --layout: none, layout, layout+ait2i)."),
     subjects: str = typer.Option("1,2,3,4", "--subjects", help="Comma list of subject counts (1–4)."),
     steps: int = typer.Option(None, "--steps", help="Sampling steps (default: the model's recommended)."),
     guidance_scale: float = typer.Option(None, "--guidance-scale", help="Classifier-free guidance (default: the model's recommended)."),

@@ -38,7 +38,11 @@ from attnsynth.shapes_t2i.model import TOY_T2I_DEFAULTS
 __all__ = ["BenchConfig", "LAYOUT_METHODS", "METHODS", "SPLITS", "benchmark_prompts", "box_iou", "layout_ious", "method_loss_weights", "parse_counts", "parse_loss_weights",
            "parse_methods", "pipeline_method", "requested_boxes", "results_markdown", "results_table", "run_benchmark", "wilson_interval"]
 
-METHODS = ("none", "attend-excite", "divide-bind", "ait2i")
+METHODS = ("none", "attend-excite", "divide-bind", "ait2i", "ait2i-prompt-softmax")
+#: Benchmark names of pipeline variants: ``{name: (method, extra pipeline arguments)}``.
+#: ``ait2i-prompt-softmax`` is AI-T2I with its excitation softmax over the prompt's own tokens
+#: (``token_softmax="prompt"``) instead of the authors' [1:-1] slice.
+VARIANTS = {"ait2i-prompt-softmax": ("ait2i", {"token_softmax": "prompt"}), "layout+ait2i": ("layout", {})}
 #: Methods of the layout benchmark: unguided, the box loss, and the box loss plus the AI-T2I terms.
 LAYOUT_METHODS = ("none", "layout", "layout+ait2i")
 _AIT2I_PLUS_BOX = {"box": 1.0, "isolation": 2.0, "aggregation": 1.25, "excitation": 0.25, "attribute": 0.75}
@@ -110,7 +114,7 @@ class BenchConfig:
 
 def pipeline_method(method: str) -> str:
     """The pipeline's ``method=`` for a benchmark method name (``layout+ait2i`` runs the layout method)."""
-    return "layout" if method == "layout+ait2i" else method
+    return VARIANTS[method][0] if method in VARIANTS else method
 
 
 def method_loss_weights(method: str, overrides: tuple[tuple[str, float], ...]) -> dict[str, float] | None:
@@ -262,6 +266,7 @@ def run_benchmark(pipe, config: BenchConfig, *, on_batch: Callable[[str, int, in
                     kwargs = dict(method=pipeline_method(method), subjects=[[s.noun for s in spec.subjects] for _, spec, _ in prompts],
                                   guided_steps=config.guided_steps, step_size=recommended_for(config.__dict__, "step_size", method),
                                   loss_weights=method_loss_weights(method, config.loss_weights))
+                    kwargs.update(VARIANTS.get(method, (None, {}))[1])
                     if config.layout:
                         kwargs["boxes"] = boxes[n] if len(prompts) > 1 else boxes[n][0]  # one prompt: its dict
                 start = time.perf_counter()
