@@ -96,6 +96,14 @@ def test_spade_side_by_side(sis, tmp_path):
         handlers.load_sis(TOY_CHECKPOINT, tmp_path / "spade7")
 
 
+def test_toy_faces_only_for_a_model_of_their_label_set(sis):
+    from attnsynth.data.labelsets import LabelSet
+
+    assert handlers.faces_fit(sis)  # the shipped run is trained on toy faces
+    other = LabelSet(name="other", class_names=tuple(f"c{i}" for i in range(sis.model.config.num_classes)))
+    assert not handlers.faces_fit(handlers.SISModels(model=sis.model, label_set=other))
+
+
 def test_bad_sis_requests_are_one_line_errors(sis):
     source = handlers.gallery_face(0, sis.resolution)
     with pytest.raises(ValueError, match="needs at least one class"):

@@ -83,8 +83,7 @@ def _legend(sis: SISModels) -> str:
 def _sis_tab(gr: Any, sis: SISModels, upload_root: str | None) -> None:
     num_classes = sis.model.config.num_classes
     resolution = sis.resolution
-    square = resolution[0] == resolution[1]
-    faces = [handlers.gallery_face(k, resolution) for k in range(GALLERY_FACES)] if square else []
+    faces = [handlers.gallery_face(k, resolution) for k in range(GALLERY_FACES)] if handlers.faces_fit(sis) else []
     source0 = faces[0] if faces else None
     reference0 = faces[1] if len(faces) > 1 else None
     extras = [f"mapping network: {'yes (random styles)' if sis.mapping is not None else 'none (no random styles)'}"]

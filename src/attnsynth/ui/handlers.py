@@ -116,6 +116,14 @@ class Picture:
         return dataclasses.replace(self, labels=labels, name=f"{self.name} (edited map)")
 
 
+def faces_fit(models: SISModels) -> bool:
+    """Whether toy faces can feed the model: square resolution and the toy faces' label set (CelebAMask-HQ classes)."""
+    from attnsynth.toyworld import faces
+
+    height, width = models.resolution
+    return height == width and models.label_set.class_names == faces.CLASS_NAMES
+
+
 def gallery_face(index: int, resolution: tuple[int, int]) -> Picture:
     """Held-out toy face ``index`` (seed GALLERY_SEED + index) at the model's resolution."""
     from attnsynth.toyworld import faces
