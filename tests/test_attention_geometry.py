@@ -157,6 +157,17 @@ def test_find_peaks_exhausted_map_repeats_the_first_peak():
     torch.testing.assert_close(centres, torch.tensor([[4.0, 2.0]] * 3))
 
 
+def test_find_peaks_after_every_pixel_is_taken_repeats_the_first_peak():
+    # A map smaller than the disc: disc 1 takes every pixel, so searches 2 and 3 have nothing left
+    # (the authors' code would place a disc at pixel (0, 0); attnsynth repeats p_1 / g_1).
+    torch.manual_seed(0)
+    maps = torch.rand(4, 4) + 0.1
+    peaks, centres = find_peaks(maps, n_peaks=3, radius=6)
+    torch.testing.assert_close(peaks, peaks[:1].expand(3, 2))
+    torch.testing.assert_close(centres, centres[:1].expand(3, 2))
+    torch.testing.assert_close(centres[0], centroid(maps))
+
+
 def test_find_peaks_rejects_bad_arguments():
     with pytest.raises(ValueError, match="n_peaks"):
         find_peaks(torch.rand(4, 4), n_peaks=0)
