@@ -118,3 +118,13 @@ def test_cli_generate_detects_the_family_and_matches_the_library_call(tmp_path, 
                   height=32, width=32, generator=torch.Generator("cpu").manual_seed(0)).images[0]
     assert (np.asarray(Image.open(out).convert("RGB")) == np.asarray(direct.convert("RGB"))).all()
     assert figure.is_file()
+
+
+def test_each_prompt_of_a_batch_is_guided_in_its_own_loss_frame(ours):
+    prompts = ["a cat and a sunflower", "a dog"]
+    latents = torch.randn(2, 64, 4, generator=torch.Generator().manual_seed(3))  # packed: 8² tokens × 4 channels
+    common = dict(method="attend-excite", guided_steps=1, refine_thresholds={})
+    batch = generate(ours, prompt=prompts, subjects=[["cat", "sunflower"], ["dog"]], latents=latents, **common)
+    for row, (prompt, subjects) in enumerate(zip(prompts, (["cat", "sunflower"], ["dog"]))):
+        alone = generate(ours, prompt=prompt, subjects=subjects, latents=latents[row : row + 1], **common)
+        torch.testing.assert_close(batch.losses["total"][0, row], alone.losses["total"][0, 0], rtol=1e-5, atol=1e-6)
