@@ -175,31 +175,23 @@ def test_official_skip_concat_mixes_neighbouring_classes_like_the_authors_code()
     assert changed == [c in (5, 2, 1) for c in range(C)]
 
 
-def test_class_aligned_variant_keeps_groups_per_class():
-    """The opt-in variant concatenates skips per class: class g's change stays in class g's token."""
-    changed = _classes_changed_by_perturbing_group(_small(style_variant="class-aligned"), 1)
-    assert changed == [c == 1 for c in range(C)]
-
-
 def test_pooling_mask_nearest_drops_a_tiny_class_at_coarse_levels():
-    """Official: nearest-resized 0/1 mask, so a 1-pixel class pools nothing at 4², 8² and gets the absent token's
-    part there; the class-aligned variant area-pools and keeps a fractional weight."""
+    """Nearest-resized 0/1 mask (the authors'), so a 1-pixel class pools nothing at 4², 8², 16² and gets the absent
+    token there, although it is present in the image."""
     labels = torch.zeros(1, 32, 32, dtype=torch.long)
     labels[0, 8:24, 8:24] = 1
     labels[0, 1, 1] = 2  # one pixel: never sampled by nearest resizing to 4², 8² or 16²
     onehot = labels_to_onehot(labels, C)
     image = torch.rand(1, 3, 32, 32) * 2 - 1
     dim = get_config("small", num_classes=C, resolution=32).style_level_dim
-    for variant, expect_absent in (("official", True), ("class-aligned", False)):
-        model = _small(style_variant=variant)
-        with torch.no_grad():
-            for bias in model.style_encoder.proj_bias:
-                bias.normal_()
-            token = model.encode_style(image, onehot)[0, 2]
-        absent = model.absent_tokens()[2]
-        for level in range(model.config.style_levels):
-            part = slice(level * dim, (level + 1) * dim)
-            assert torch.allclose(token[part], absent[part], atol=1e-6) == expect_absent, (variant, level)
+    model = _small()
+    with torch.no_grad():
+        for bias in model.style_encoder.proj_bias:
+            bias.normal_()
+        tokens = model.encode_style(image, onehot)[0]
+    absent = model.absent_tokens()
+    assert torch.allclose(tokens[2], absent[2], atol=1e-6)  # every level
+    assert not torch.allclose(tokens[1], absent[1])  # a big class does pool
 
 
 def test_shape_tokens_are_linear_in_the_mask():
@@ -418,3 +410,10 @@ def test_mapping_heads_have_four_layers_and_no_squashing():
         linears[-1].bias.fill_(3.0)
     tokens = mapping(torch.randn(2, cfg.mapping_latent_dim), torch.ones(2, C, dtype=torch.bool))
     assert tokens.abs().max() > 1  # not squashed into [-1, 1]
+
+
+def test_config_json_with_the_retired_style_variant_key_still_loads():
+    data = get_config("small", num_classes=C, resolution=32).to_dict()
+    assert SISConfig.from_dict({**data, "style_variant": "official"}) == SISConfig.from_dict(data)
+    with pytest.raises(ValueError, match="style_variant='class-aligned', a variant that was removed"):
+        SISConfig.from_dict({**data, "style_variant": "class-aligned"})

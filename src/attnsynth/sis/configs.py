@@ -25,7 +25,10 @@ from typing import Any, Mapping
 
 ARCHES = ("ca2sis", "spade")
 KERNELS = ("efficient", "reference")
-STYLE_VARIANTS = ("official", "class-aligned")
+# Config keys that were removed; config.json files written while they existed load if they hold the value that is
+# now the only behaviour. style_variant: the opt-in "class-aligned" style encoder (per-class skip concat, area
+# pooling) lost an equal-budget toy-faces comparison to the authors' encoder and was removed.
+_RETIRED_KEYS = {"style_variant": "official"}
 PRESETS = ("small", "faithful", "spade-small", "spade-faithful", "toy", "spade-toy")
 
 
@@ -47,8 +50,6 @@ class SISConfig:
     style_downsamples: int = 6  # stride-2 grouped convs (256² → 4²)
     style_levels: int = 5  # U-Net decoder levels pooled into tokens (8² … 128² at 256²)
     style_level_dim: int = 256  # token width contributed by each level; style_dim = levels × this
-    style_variant: str = "official"  # "official": the authors' channel-concat skips + nearest-mask pooling;
-    #                                   "class-aligned": per-class skip concat + area-downsampled pooling mask (opt-in)
 
     # Mask embedder (CA²-SIS only).
     shape_grid_short: int = 128  # mask is nearest-resized to a grid whose shorter side is this
@@ -96,8 +97,6 @@ class SISConfig:
             fail("arch", self.arch, f"one of {ARCHES}")
         if self.kernels not in KERNELS:
             fail("kernels", self.kernels, f"one of {KERNELS}")
-        if self.style_variant not in STYLE_VARIANTS:
-            fail("style_variant", self.style_variant, f"one of {STYLE_VARIANTS}")
         if not isinstance(self.num_classes, int) or self.num_classes < 2:
             fail("num_classes", self.num_classes, "an integer >= 2")
         if len(self.resolution) != 2 or min(self.resolution) <= 0:
@@ -185,6 +184,12 @@ class SISConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> "SISConfig":
         """Inverse of `to_dict`; unknown keys are an error (a config from a newer version)."""
         known = {f.name for f in dataclasses.fields(cls)}
+        data = dict(data)
+        for key, only_value in _RETIRED_KEYS.items():
+            if key in data:
+                value = data.pop(key)
+                if value != only_value:
+                    raise ValueError(f"config has {key}={value!r}, a variant that was removed; only {only_value!r} exists now")
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"config has unknown keys {unknown}; expected a subset of {sorted(known)}")

@@ -56,8 +56,7 @@ class SISModel(nn.Module):
         self.config = config
         c = config.num_classes
         self.style_encoder = StyleEncoder(num_classes=c, width=config.style_width, downsamples=config.style_downsamples,
-                                          levels=config.style_levels, level_dim=config.style_level_dim,
-                                          variant=config.style_variant)
+                                          levels=config.style_levels, level_dim=config.style_level_dim)
         if config.arch == "ca2sis":
             self.mask_embedder: MaskEmbedder | None = MaskEmbedder(
                 num_classes=c, grid=config.shape_grid, out_dim=config.shape_dim,

@@ -157,9 +157,9 @@ def _our_shapes(config: SISConfig, part: str) -> dict[str, torch.Size]:
 
 
 def _entries(config: SISConfig, part: str) -> list[_Entry]:
-    if config.arch != "ca2sis" or config.style_variant != "official" or config.style_levels != config.style_downsamples - 1:
-        raise ValueError(f"config {config.name!r} has no official layout: expected arch 'ca2sis', style_variant 'official' "
-                         "and style_levels = style_downsamples - 1, as in the authors' code")
+    if config.arch != "ca2sis" or config.style_levels != config.style_downsamples - 1:
+        raise ValueError(f"config {config.name!r} has no official layout: expected arch 'ca2sis' and "
+                         "style_levels = style_downsamples - 1, as in the authors' code")
     entries = generator_entries(config) if part == "generator" else discriminator_entries(config)
     ours = _our_shapes(config, part)
     covered = sorted(e.ours for e in entries)
