@@ -230,3 +230,15 @@ def test_subject_group_validation_and_defaults():
         SubjectGroup(name="x", token_indices=(2, 3), mention_spans=((2,),))
     with pytest.raises(ValueError, match="name"):
         SubjectGroup(name="", token_indices=(2,))
+
+
+def test_auto_takes_adjective_words_that_end_a_chain_as_nouns():
+    # "square"/"round" are adjectives in "a square cake", nouns in "a blue square" (the shapes world's prompts)
+    from attnsynth.t2i.subjects import resolve_subjects
+    from attnsynth.t2i.testing import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    names = lambda prompt: [g.name for g in resolve_subjects(prompt, "auto", tokenizer)]  # noqa: E731
+    assert names("a red circle and a blue square") == ["circle", "square"]
+    assert names("a square cake and a round table") == ["cake", "table"]
+    assert names("the box is square") == ["box"]

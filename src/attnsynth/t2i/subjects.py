@@ -302,7 +302,11 @@ def _auto_subjects(pieces: list[_Piece]) -> list[str]:
     nouns: list[str] = []
     for i, piece in enumerate(pieces):
         word = piece.text
-        if not piece.is_word or word in _FUNCTION_WORDS or word in _ADJECTIVES or _is_verb_form(word):
+        previous = pieces[i - 1].text if i > 0 and pieces[i - 1].is_word else None
+        # A word that can be an adjective or a noun ("square", "round") is the noun when it ends a
+        # determiner/adjective chain: "a blue square" (but not "the cat is square").
+        head_of_chain = word not in _COLOURS and previous is not None and (previous in _DETERMINERS or previous in _ADJECTIVES)
+        if not piece.is_word or word in _FUNCTION_WORDS or (word in _ADJECTIVES and not head_of_chain) or _is_verb_form(word):
             continue
         following = pieces[i + 1].text if i + 1 < len(pieces) else None
         boundary = (
