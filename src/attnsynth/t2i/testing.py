@@ -135,8 +135,8 @@ def _tiny_text_encoder(tokenizer, *, hidden_size: int, seed: int, with_projectio
     return model.eval()
 
 
-def _tiny_vae(*, seed: int, down_levels: int = 2):
-    """A small AutoencoderKL that downsamples ``2**(down_levels-1)``× into 4 latent channels."""
+def _tiny_vae(*, seed: int, down_levels: int = 2, latent_channels: int = 4, **extra: Any):
+    """A small AutoencoderKL that downsamples ``2**(down_levels-1)``× into ``latent_channels`` (``extra``: more config)."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -147,9 +147,10 @@ def _tiny_vae(*, seed: int, down_levels: int = 2):
         up_block_types=("UpDecoderBlock2D",) * down_levels,
         block_out_channels=(8,) * down_levels,
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=2,
         sample_size=32,
+        **extra,
     ).eval()
 
 
@@ -349,26 +350,12 @@ def _tiny_t5_encoder(tokenizer, *, d_model: int, seed: int):
     return T5EncoderModel(config).eval()
 
 
-def _tiny_flow_vae(*, seed: int, latent_channels: int, down_levels: int = 2):
+def _tiny_flow_vae(*, seed: int, latent_channels: int):
     """A small AutoencoderKL as SD3/FLUX use it (shift factor, no quant convs)."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * down_levels,
-        up_block_types=("UpDecoderBlock2D",) * down_levels,
-        block_out_channels=(8,) * down_levels,
-        layers_per_block=1,
-        latent_channels=latent_channels,
-        norm_num_groups=2,
-        sample_size=32,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    ).eval()
+    return _tiny_vae(
+        seed=seed, latent_channels=latent_channels, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.0609, scaling_factor=1.5035,
+    )
 
 
 def tiny_sd3_components(
