@@ -7,7 +7,7 @@ import inspect
 import pytest
 import torch
 
-from attnsynth.attention.geometry import centroid, find_peaks, mass_in_box
+from attnsynth.attention.geometry import centroid, find_peaks, gaussian_smooth, mass_in_box
 from attnsynth.t2i import losses
 from attnsynth.t2i.losses import (
     DEFAULT_WEIGHTS,
@@ -333,10 +333,40 @@ def test_divide_bind_attendance_sharpens_a_diffuse_subject():
     assert history[-1] < history[0]
 
 
+def test_divide_bind_total_variation_is_the_authors_formula():
+    # Divide & Bind's TV: horizontal neighbours + the LAST row against every row 1..H−1 (not
+    # adjacent rows): mean|A[:, j] − A[:, j+1]| + mean_{i≥1}|A[H−1, :] − A[i, :]|.
+    first_row = torch.zeros(4, 4)
+    first_row[0] = 1.0  # row 0 is never compared: TV 0 (the adjacent-row TV would be 1/3)
+    assert losses._divide_bind_total_variation(first_row) == 0
+    first_column = torch.zeros(4, 4)
+    first_column[:, 0] = 1.0  # one jump in each of 4 rows over 4·3 horizontal pairs; rows all equal
+    torch.testing.assert_close(losses._divide_bind_total_variation(first_column), torch.tensor(1 / 3))
+    last_row = torch.zeros(4, 4)
+    last_row[-1] = 1.0  # rows 1, 2 differ from the last by 1 everywhere, row 3 by 0: mean 2/3
+    torch.testing.assert_close(losses._divide_bind_total_variation(last_row), torch.tensor(2 / 3))
+    maps = torch.rand(2, 3, 5, 6)
+    reference = (maps[..., :, :-1] - maps[..., :, 1:]).abs().mean(dim=(-2, -1)) + (
+        maps[..., -1:, :] - maps[..., 1:, :]
+    ).abs().mean(dim=(-2, -1))
+    torch.testing.assert_close(losses._divide_bind_total_variation(maps), reference)
+    assert losses._divide_bind_total_variation(torch.rand(3, 1, 4)).shape == (3,)
+
+
+def test_divide_bind_attendance_is_minus_the_least_total_variation():
+    maps = torch.rand(2, H, W, T).softmax(-1)
+    text = torch.softmax(100 * maps[..., 1:-1], dim=-1)
+    subjects = torch.stack([text[..., CAT.token_indices[0] - 1], text[..., DOG.token_indices[0] - 1]], dim=1)
+    tv = losses._divide_bind_total_variation(gaussian_smooth(subjects))  # [B, 2]
+    attendance = losses._divide_bind_parts(maps, [CAT, DOG], prompt_length=None)["attendance"]
+    torch.testing.assert_close(attendance, -tv.amin(dim=-1))
+
+
 def test_divide_bind_binding_aligns_attribute_with_noun():
     red_cat = group("cat", [2], [1])
     logits = logits_with([(0, 2, 3, 3, 6), (0, 1, 12, 12, 6)])
-    binding = lambda m: divide_bind_loss(m, [red_cat], prompt_length=T, weights={"attendance": 0.0})  # noqa: E731
+    # the opt-in JSD term alone (its default weight is 0: the authors' default mode has no binding)
+    binding = lambda m: divide_bind_loss(m, [red_cat], prompt_length=T, weights={"attendance": 0.0, "binding": 1.0})  # noqa: E731
     before = logits.detach().softmax(-1)
     after, history = descend(logits, binding, steps=40)
     assert history[-1] < 0.5 * history[0]
@@ -417,9 +447,12 @@ def test_guidance_loss_other_methods():
     maps = torch.rand(2, H, W, T)
     total, parts = guidance_loss("attend-excite", maps, [CAT, DOG], prompt_length=T)
     assert set(parts) == {"excitation"} and torch.equal(total, parts["excitation"])
-    total, parts = guidance_loss("divide-bind", maps, [group("cat", [2], [1]), DOG], prompt_length=T)
+    red_cat = group("cat", [2], [1])
+    total, parts = guidance_loss("divide-bind", maps, [red_cat, DOG], prompt_length=T)
+    assert set(parts) == {"attendance"} and torch.equal(total, parts["attendance"])  # no binding by default
+    total, parts = guidance_loss("divide-bind", maps, [red_cat, DOG], prompt_length=T, weights={"binding": 2.0})
     assert set(parts) == {"attendance", "binding"}
-    torch.testing.assert_close(total, parts["attendance"] + parts["binding"])
+    torch.testing.assert_close(total, parts["attendance"] + 2.0 * parts["binding"])
     boxes = {"cat": (0, 0, 0.5, 1), "dog": (0.5, 0, 1, 1)}
     total, parts = guidance_loss("layout", maps, [CAT, DOG], prompt_length=T, boxes=boxes)
     assert set(parts) == {"box", "aggregation"}

@@ -173,7 +173,9 @@ def test_callback_on_step_end_sees_every_step_and_can_replace_latents(plain, our
 
 
 def test_divide_bind_and_layout_run_in_batches(ours):
-    out = _run(ours, [PROMPT, PROMPT], subjects=[["cat", "dog"], ["dog"]], method="divide-bind", guided_steps=2)
+    # the opt-in binding term on; no refinement (the authors' step-0 refinement runs 100 updates here)
+    out = _run(ours, [PROMPT, PROMPT], subjects=[["cat", "dog"], ["dog"]], method="divide-bind", guided_steps=2,
+               loss_weights={"binding": 1.0}, refine_thresholds={})
     assert set(out.losses) == {"total", "attendance", "binding"} and out.losses["total"].shape == (2, 2)
     boxes = {"cat": (0.0, 0.0, 0.5, 1.0), "dog": (0.5, 0.0, 1.0, 1.0)}
     out = _run(ours, subjects=["cat", "dog"], method="layout", boxes=boxes, guided_steps=2, refine_thresholds={})

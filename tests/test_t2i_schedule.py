@@ -29,6 +29,11 @@ def test_is_guided_covers_exactly_the_first_guided_steps():
     assert not GuidanceSchedule(num_inference_steps=10, guided_steps=0).is_guided(0)
 
 
+def test_negative_refine_rule_accepts_total_variation_thresholds_above_one():
+    schedule = GuidanceSchedule(num_inference_steps=10, guided_steps=5, refine_rule="negative", refine_thresholds={2: 1.5})
+    assert schedule.target_loss(2) == -1.5
+
+
 def test_refinement_thresholds_and_targets():
     schedule = GuidanceSchedule(num_inference_steps=50, refine_thresholds={0: 0.05, 10: 0.5, 20: 0.8})
     assert schedule.refine_threshold(10) == 0.5 and schedule.refine_threshold(11) is None
@@ -45,7 +50,29 @@ def test_method_defaults_give_valid_schedules():
     assert ae.refine_thresholds == {0: 0.05, 10: 0.5, 20: 0.8} and ae.max_refine_iters == 20
     layout = GuidanceSchedule.for_method("layout", num_inference_steps=50)
     assert layout.guided_steps == 10 and layout.target_loss(9) == pytest.approx(0.2)
-    GuidanceSchedule.for_method("divide-bind", num_inference_steps=50)
+    assert ait2i.refine_rule == ae.refine_rule == layout.refine_rule == "one-minus"
+    assert ae.refine_iters is None and all(ae.max_refine_iters_at(i) == 20 for i in (0, 10, 20))
+
+
+def test_divide_bind_defaults_are_the_authors_schedule():
+    # boschresearch/Divide-and-Bind, loss_mode "tv": 25 guided steps, scale_factor 20, refinement
+    # while min_k TV_k < 0.05 / 0.2 / 0.3 at steps 0 / 10 / 20, at most 100 updates at step 0, 50 else.
+    dnb = GuidanceSchedule.for_method("divide-bind", num_inference_steps=51)  # PNDM: 51 timesteps
+    assert dnb.guided_steps == 25 and dnb.step_size == 20.0 and dnb.scale_range == (1.0, 0.5)
+    assert dnb.refine_thresholds == {0: 0.05, 10: 0.2, 20: 0.3} and dnb.refine_rule == "negative"
+    assert [dnb.max_refine_iters_at(i) for i in (0, 10, 20)] == [100, 50, 50]
+    # its loss is −min_k TV_k: "loss > −threshold" is "min TV < threshold"
+    assert [dnb.target_loss(i) for i in (0, 10, 20)] == [-0.05, -0.2, -0.3] and dnb.target_loss(1) is None
+    short = GuidanceSchedule.for_method("divide-bind", num_inference_steps=6)
+    assert short.refine_thresholds == {0: 0.05} and short.refine_iters == {0: 100} and short.guided_steps == 6
+
+
+def test_per_step_refinement_caps_override_the_default_cap():
+    schedule = GuidanceSchedule(num_inference_steps=10, refine_thresholds={0: 0.5, 3: 0.5}, max_refine_iters=7,
+                                guided_steps=5, refine_iters={3: 0})
+    assert schedule.max_refine_iters_at(0) == 7 and schedule.max_refine_iters_at(3) == 0
+    custom = GuidanceSchedule.for_method("attend-excite", num_inference_steps=50, refine_iters={10: 2})
+    assert custom.max_refine_iters_at(10) == 2 and custom.max_refine_iters_at(0) == 20
 
 
 def test_for_method_fits_short_runs_and_applies_overrides():
@@ -77,6 +104,11 @@ def test_for_method_rejects_unknown_method_and_option():
         ({"num_inference_steps": 10, "guided_steps": 5, "refine_thresholds": {10: 0.5}}, "refine_thresholds"),
         ({"num_inference_steps": 10, "guided_steps": 5, "refine_thresholds": {1: 1.5}}, "refine_thresholds"),
         ({"num_inference_steps": 10, "guided_steps": 5, "max_refine_iters": -2}, "max_refine_iters"),
+        ({"num_inference_steps": 10, "guided_steps": 5, "refine_iters": {10: 5}}, "refine_iters"),
+        ({"num_inference_steps": 10, "guided_steps": 5, "refine_iters": {1: -1}}, "refine_iters"),
+        ({"num_inference_steps": 10, "guided_steps": 5, "refine_iters": {1: 2.5}}, "refine_iters"),
+        ({"num_inference_steps": 10, "guided_steps": 5, "refine_rule": "below"}, "refine_rule"),
+        ({"num_inference_steps": 10, "guided_steps": 5, "refine_rule": "negative", "refine_thresholds": {1: -0.1}}, "refine_thresholds"),
     ],
 )
 def test_invalid_schedules_raise_one_line_errors(kwargs, argument):

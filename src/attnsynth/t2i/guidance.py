@@ -3,8 +3,8 @@
 At a guided denoising step ``i`` the conditional branch of the UNet is run on the current
 latent ``z`` (with autograd, stopped right after the last layer whose maps the loss reads), the
 captured maps give the method's loss ``L(z)`` per image, and the latent moves one gradient step:
-``z ← z − α_i ∇_z L``. At steps with an Attend-and-Excite refinement threshold the step is first
-repeated while ``L > 1 − threshold`` (at most ``max_refine_iters`` times), exactly in the order
+``z ← z − α_i ∇_z L``. At steps with a refinement threshold the step is first repeated while
+``L > schedule.target_loss(i)`` (at most ``schedule.max_refine_iters_at(i)`` times), exactly in the order
 diffusers' ``StableDiffusionAttendAndExcitePipeline`` does it, but batched: each image refines
 on its own and stops on its own.
 
@@ -51,8 +51,9 @@ __all__ = [
 #   (A&E's own code does this only for SD 2.1; attnsynth's ait2i/divide-bind did it before the
 #   parity fix). Measured against the default in benchmarks/RESULTS.md.
 TOKEN_SOFTMAX = ("all", "prompt")
-# The loss part that refinement thresholds are checked against (default: the total).
-_REFINE_PART = {"layout": "box"}
+# The loss part that refinement thresholds are checked against (default: the total). Divide & Bind
+# checks its TV only (the authors' threshold is min_k TV_k, also with a binding term).
+_REFINE_PART = {"layout": "box", "divide-bind": "attendance"}
 
 
 @dataclass(frozen=True)
@@ -291,11 +292,12 @@ class LatentGuidance:
             return latents
         alpha = self.step_sizes[i]
         target = self.schedule.target_loss(i)
+        cap = self.schedule.max_refine_iters_at(i)
         with torch.enable_grad(), frozen_parameters(self.unet):
             z = latents.detach().requires_grad_(True)
             total, parts = self.loss(z, forward)
-            if target is not None and self.schedule.max_refine_iters > 0:
-                z, total, parts = self._refine(z, total, parts, alpha, target, forward)
+            if target is not None and cap > 0:
+                z, total, parts = self._refine(z, total, parts, alpha, target, forward, cap)
             if self.schedule.is_guided(i):
                 z = _gradient_step(z, total, alpha)
                 self._history.append({"total": total.detach(), **{k: v.detach() for k, v in parts.items()}})
@@ -319,18 +321,18 @@ class LatentGuidance:
                 parts.setdefault(name, []).append(value)
         return torch.cat(totals), {name: torch.cat(values) for name, values in parts.items()}
 
-    def _refine(self, z, total, parts, alpha, target, forward):
+    def _refine(self, z, total, parts, alpha, target, forward, cap):
         """A&E's iterative refinement, batched: image b keeps updating while its loss exceeds ``target``.
 
-        Same sequence as diffusers per image: update with L(z_{k-1}); continue while
-        L(z_{k-1}) > target and k < max_refine_iters; then one more forward for the final loss.
+        Same sequence as diffusers per image (and Divide & Bind's code): update with L(z_{k-1});
+        continue while L(z_{k-1}) > target and k < cap; then one more forward for the final loss.
         """
         active = _refine_value(self.method, total, parts) > target  # [B] bool
         if not bool(active.any()):  # host sync: the threshold check
             return z, total, parts
-        for k in range(1, self.schedule.max_refine_iters + 1):
+        for k in range(1, cap + 1):
             z = _gradient_step(z, total, alpha, where=active)
-            active = active & (_refine_value(self.method, total, parts) > target) & (k < self.schedule.max_refine_iters)
+            active = active & (_refine_value(self.method, total, parts) > target) & (k < cap)
             z = z.detach().requires_grad_(True)
             total, parts = self.loss(z, forward)
             if not bool(active.any()):

@@ -25,6 +25,10 @@ and attribute summed over subjects), synonym / multi-token groups (summed maps),
 real attribute words instead of always token k−1 (no attribute → no attribute term), batched
 images without host syncs, and a fallback for degenerate discs (see ``find_peaks``) — none of
 which changes that case.
+
+``method="divide-bind"`` is the authors' default mode (boschresearch/Divide-and-Bind,
+``loss_mode="tv"``): ``−min_k TV(Â_k)`` with their TV (tests/test_parity_divide_bind.py);
+attnsynth's JSD binding term is a named opt-in (weight 0 by default).
 """
 
 from __future__ import annotations
@@ -44,7 +48,6 @@ from attnsynth.attention.geometry import (
     gaussian_smooth,
     mass_in_box,
     normalise,
-    total_variation,
 )
 from attnsynth.t2i.subjects import SubjectGroup
 
@@ -72,9 +75,10 @@ DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
     "ait2i": {"isolation": 2.0, "aggregation": 1.25, "excitation": 0.25, "attribute": 0.75},
     # Attend-and-Excite: L = max(0, 1 − min_k max Â_k).
     "attend-excite": {"excitation": 1.0},
-    # Divide & Bind: attendance (−TV) + binding (JSD); λ = 1 for both (the paper's values were
-    # not available to us; both terms are O(0.1–1) on 16×16 maps).
-    "divide-bind": {"attendance": 1.0, "binding": 1.0},
+    # Divide & Bind, the authors' default mode ("tv"): attendance −min_k TV_k only. binding is
+    # attnsynth's JSD noun/attribute term, a named opt-in (loss_weights={"binding": w > 0}); it is
+    # not the authors' "tv_bind" term.
+    "divide-bind": {"attendance": 1.0, "binding": 0.0},
     # Layout guidance (Chen et al.) box loss, plus a light AI-T2I aggregation so each subject
     # forms one blob inside its box; isolation is redundant when boxes already separate subjects.
     "layout": {"box": 1.0, "aggregation": 0.25, "isolation": 0.0, "excitation": 0.0, "attribute": 0.0},
@@ -361,17 +365,40 @@ def _jensen_shannon(p: torch.Tensor, q: torch.Tensor, *, eps: float = 1e-12) -> 
     return 0.5 * kl(p) + 0.5 * kl(q)
 
 
+def _divide_bind_total_variation(maps: torch.Tensor) -> torch.Tensor:
+    """Divide & Bind's total variation of maps ``[..., H, W]`` → ``[...]`` (float32).
+
+    ``mean_{i, j<W−1} |A[i, j] − A[i, j+1]| + mean_{i≥1, j} |A[H−1, j] − A[i, j]|``: the first term
+    compares horizontally adjacent pixels, the second compares the **last row with every row**
+    (rows 1 … H−1) — what the authors' code computes, ``L1Loss(A[:, :-1], A[:, 1:]) +
+    L1Loss(A[-1:, :], A[1:, :])`` (broadcast), rather than the adjacent-row term of the textbook
+    anisotropic TV (:func:`~attnsynth.attention.geometry.total_variation`). A side of length 1
+    contributes 0.
+    """
+    maps = maps.float()
+    total = maps.new_zeros(maps.shape[:-2])
+    if maps.shape[-1] > 1:  # a shape check, not a value check
+        total = total + (maps[..., :, :-1] - maps[..., :, 1:]).abs().mean(dim=(-2, -1))
+    if maps.shape[-2] > 1:
+        total = total + (maps[..., -1:, :] - maps[..., 1:, :]).abs().mean(dim=(-2, -1))
+    return total
+
+
 def _divide_bind_parts(
     maps: torch.Tensor, groups: Sequence[SubjectGroup], *, prompt_length: int | None, smooth: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Divide & Bind terms ``{"attendance": [B], "binding": [B]}`` on A&E-normalised maps."""
+    """Divide & Bind terms ``{"attendance": [B], "binding": [B]}`` on A&E-normalised maps.
+
+    attendance = −min_k TV_k (the authors' TV, :func:`_divide_bind_total_variation`); binding is
+    attnsynth's JSD term (the opt-in, see :func:`divide_bind_loss`).
+    """
     if not groups:
         return {"attendance": _zeros(maps), "binding": _zeros(maps)}
     text = _text_softmax(maps, prompt_length)  # [B, H, W, L−2]
     subjects = _combine(text, [g.token_indices for g in groups], offset=1, what="subject")  # [B, K, H, W]
     if smooth:
         subjects = gaussian_smooth(subjects)
-    attendance = -total_variation(subjects).amin(dim=-1)  # the least-spread-out subject drives it
+    attendance = -_divide_bind_total_variation(subjects).amin(dim=-1)  # the least-spread-out subject drives it
     bound = [k for k, g in enumerate(groups) if g.attribute_indices]
     if not bound:
         return {"attendance": attendance, "binding": _zeros(maps)}
@@ -390,25 +417,23 @@ def divide_bind_loss(
     prompt_length: int | None,
     weights: Mapping[str, float] | None = None,
 ) -> torch.Tensor:
-    """Divide & Bind → ``[B]``: ``w_a·L_attend + w_b·L_bind``.
+    """Divide & Bind → ``[B]``: ``w_a·L_attend + w_b·L_bind`` (default ``w_b = 0``: ``L_attend`` only).
 
     Â as in A&E (softmax(100·A[1:L−1]) over tokens, L = T for ``prompt_length=None`` = the
-    authors' ``[1:-1]``; Gaussian smoothing), summed per group.
-    ``L_attend = −min_k TV(Â_k)`` (maximise the total variation of the worst subject, so each
-    subject's attention forms distinct high-contrast regions); ``L_bind`` = mean over groups with
-    attributes of ``JSD(Â_noun/ΣÂ_noun ‖ Â_adj/ΣÂ_adj)``. Weights default to
-    ``DEFAULT_WEIGHTS["divide-bind"]``.
+    authors' ``[1:-1]``; reflect-padded 3×3 Gaussian, σ = 0.5), summed per group.
+    ``L_attend = −min_k TV(Â_k)`` with the authors' TV (:func:`_divide_bind_total_variation`:
+    horizontal neighbours + last row against every row): maximise the total variation of the
+    least-varied subject. With the default weights, ``prompt_length=None`` and single-token
+    subjects this is the authors' default-mode (``loss_mode="tv"``) loss, boschresearch/
+    Divide-and-Bind ``_compute_loss_geiven_attn_map`` — value and gradient, checked against
+    numbers recorded from their code (tests/test_parity_divide_bind.py); their refinement
+    schedule is ``METHOD_DEFAULTS["divide-bind"]`` in :mod:`attnsynth.t2i.schedule`.
 
-    This is attnsynth's formulation of the paper, **not** the authors' function
-    (boschresearch/Divide-and-Bind ``_compute_loss_geiven_attn_map``), which differs in three
-    ways: (1) its TV's second term compares the *last* row with every row,
-    ``mean|A[−1, :] − A[1:, :]|``, where this uses adjacent rows (on seeded 16×16 maps the
-    attendance values differ by ~6 %); (2) its default mode ``"tv"`` has no binding term, and
-    its ``"tv_bind"`` mode computes the binding on attribute maps from the 32²/64² layers,
-    rescaled, pixel-softmaxed and thresholded, with a step-dependent weight 1/5/10, per token
-    inside ``max_k``; (3) it refines at steps 0/10/20 while ``min_k TV < 0.05/0.2/0.3`` (up to
-    50 iterations, 100 at step 0), where this pipeline does not refine. The token slice and the
-    smoothing are the authors' (``[1:-1]``, 3×3 Gaussian σ = 0.5).
+    ``L_bind`` is a named opt-in of attnsynth, **not** the authors' ``"tv_bind"`` mode (which
+    binds to attribute maps from the 32²/64² layers, rescaled, pixel-softmaxed and thresholded,
+    with a step-dependent weight, per token inside ``max_k``): weight ``w_b > 0`` via
+    ``weights={"binding": w_b}`` (pipelines: ``loss_weights``) adds the mean over groups with
+    attributes of ``JSD(Â_noun/ΣÂ_noun ‖ Â_adj/ΣÂ_adj)``. Refinement still checks the TV part.
     """
     total, _ = guidance_loss("divide-bind", maps, groups, prompt_length=prompt_length, weights=weights)
     return total
