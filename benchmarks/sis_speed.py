@@ -3,6 +3,17 @@
 Usage:
     .venv/bin/python benchmarks/sis_speed.py [--threads 2] [--batches 1,2] [--infer-batches 1,2,4,8]
         [--iters 2] [--config faithful --classes 19 --resolution 256] [--device cpu|cuda] [--json FILE]
+    .venv/bin/python benchmarks/sis_speed.py --trainer --old-src /work/scratch/sis_old/src
+        [--configs small,spade-small] [--threads 1,2] [--batch-size 8] [--resolution 64] [--steps 8] [--data DIR]
+
+``--trainer`` (the small-config mode) times the real ``attnsynth.sis.trainer.train`` — data loading and
+augmentation, the G and D updates, EMA, everything but checkpoints and sample grids — for the same
+config with this checkout's code (``new``) and with another checkout's ``src`` (``old``, e.g. a
+``git worktree add /work/scratch/sis_old c385f68`` of an earlier commit), each in a fresh process with
+``PYTHONPATH`` pointing at that code, alternating old/new so both see the same load. Per step it
+records wall and process CPU seconds from the trainer's callback (the first ``--warmup`` steps are
+dropped) and prints images/s and the new/old ratio. On a shared machine the wall clock is at the
+mercy of the neighbours; with one thread the CPU seconds are the cleaner comparison.
 
 Every setting runs in a FRESH subprocess, so its peak memory is that process's max RSS
 (`getrusage`, whole process: torch, weights, Adam states, VGG, activations); on CUDA it is
@@ -40,6 +51,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 ANCHOR_TRAIN = {False: (9.4, 4.5), True: (12.0, 3.6)}  # checkpointing → (s/iteration, GB peak), batch 1
 ANCHOR_INFER = {1: 2.5, 8: 6.6}  # batch → s/image
@@ -139,6 +151,69 @@ def _run_setting(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# ---- trainer mode: the real training loop, this code vs an older checkout ---------------------------
+def _trainer_worker(spec: dict) -> dict:
+    """Train ``spec["steps"]`` steps with whichever ``attnsynth`` is first on the path; per-step wall/CPU seconds."""
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    import attnsynth
+    from attnsynth.sis.train_config import TrainConfig
+    from attnsynth.sis.trainer import train
+
+    marks: list[tuple[float, float]] = []
+
+    def callback(info: dict) -> None:
+        marks.append((time.perf_counter(), time.process_time()))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainConfig(data=spec["data"], out=f"{tmp}/run", config=spec["config"], resolution=(spec["resolution"],) * 2,
+                             steps=spec["steps"], batch_size=spec["batch"], sample_every=0, checkpoint_every=0, log_every=spec["steps"],
+                             toy_n=64, seed=0)
+        start = (time.perf_counter(), time.process_time())
+        train(config, callback=callback)
+    marks = [start, *marks]
+    walls = [b[0] - a[0] for a, b in zip(marks, marks[1:])][spec["warmup"]:]
+    cpus = [b[1] - a[1] for a, b in zip(marks, marks[1:])][spec["warmup"]:]
+    return {**spec, "code": str(Path(attnsynth.__file__).parents[1]), "wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus),
+            "walls": walls, "cpus": cpus, "load": os.getloadavg()[0]}
+
+
+def _run_trainer(spec: dict, src: str) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]), PYTHONPATH=src)
+    proc = subprocess.run([sys.executable, __file__, "--trainer-worker", json.dumps(spec)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"setting {spec} with code {src} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _trainer_rows(args) -> list[dict]:
+    """Old and new code, alternating, for every config × thread count; prints images/s and the ratio."""
+    new_src = str(Path(__file__).resolve().parents[1] / "src")
+    rows = []
+    for config in args.configs:
+        for threads in args.thread_list:
+            spec = dict(config=config, threads=threads, batch=args.batch_size, resolution=args.resolution, steps=args.steps,
+                        warmup=args.warmup, data=args.data)
+            pair = {}
+            for repeat in range(args.repeats):
+                for label, src in (("old", args.old_src), ("new", new_src)):
+                    row = {**_run_trainer(spec, src), "label": label, "repeat": repeat}
+                    rows.append(row)
+                    pair.setdefault(label, []).append(row)
+                    print(f"trainer {config:<12} {threads}t B={args.batch_size} {args.resolution}²  {label}  wall {row['wall_s']:.3f} s/step  "
+                          f"cpu {row['cpu_s']:.3f} s/step  {args.batch_size / row['wall_s']:6.2f} img/s wall  "
+                          f"{args.batch_size * threads / row['cpu_s']:6.2f} img/s per cpu/threads  (load {row['load']:.1f})", flush=True)
+            old_wall = statistics.median(r["wall_s"] for r in pair["old"])
+            new_wall = statistics.median(r["wall_s"] for r in pair["new"])
+            old_cpu = statistics.median(r["cpu_s"] for r in pair["old"])
+            new_cpu = statistics.median(r["cpu_s"] for r in pair["new"])
+            print(f"ratio   {config:<12} {threads}t: images/s new/old ×{old_wall / new_wall:4.2f} (wall), ×{old_cpu / new_cpu:4.2f} (cpu)", flush=True)
+    return rows
+
+
 # ---- driver ----------------------------------------------------------------------------------------
 def _train_rows(args, device: str) -> list[dict]:
     rows = []
@@ -206,21 +281,51 @@ def main() -> None:
                         help="comma list: ours, reference, ours+malloc (ours with glibc tuned as a caching allocator)")
     parser.add_argument("--config", default="faithful")
     parser.add_argument("--classes", type=int, default=19)
-    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--resolution", type=int, default=None, help="default 256 (64 with --trainer)")
     parser.add_argument("--device", default=None, help="cpu, cuda or both (default: cpu, plus cuda when available)")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-infer", action="store_true")
     parser.add_argument("--json", help="also write all rows to this JSON file")
+    parser.add_argument("--trainer", action="store_true", help="small-config mode: time the real trainer, this code vs --old-src")
+    parser.add_argument("--trainer-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--old-src", help="--trainer: the src/ directory of the code to compare with (e.g. a git worktree of an older commit)")
+    parser.add_argument("--configs", default="small,spade-small", help="--trainer: comma list of presets")
+    parser.add_argument("--thread-counts", default="1,2", help="--trainer: comma list of torch thread counts")
+    parser.add_argument("--batch-size", type=int, default=8, help="--trainer: batch size")
+    parser.add_argument("--steps", type=int, default=8, help="--trainer: steps per run (the first --warmup are not timed)")
+    parser.add_argument("--warmup", type=int, default=2, help="--trainer: untimed first steps")
+    parser.add_argument("--repeats", type=int, default=1, help="--trainer: old/new alternations per setting")
+    parser.add_argument("--data", default="toy-faces", help="--trainer: dataset (default: toy faces rendered on the fly, 64 scenes)")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
+        return
+    if args.trainer_worker:
+        print(json.dumps(_trainer_worker(json.loads(args.trainer_worker))))
+        return
+    if args.trainer:
+        args.resolution = args.resolution or 64
+        if not args.old_src or not (Path(args.old_src) / "attnsynth").is_dir():
+            parser.error(f"--old-src {args.old_src!r} must be a src/ directory holding attnsynth/ (e.g. git worktree add /work/scratch/sis_old c385f68)")
+        import torch
+
+        args.configs = [c for c in args.configs.split(",") if c]
+        args.thread_list = [int(t) for t in args.thread_counts.split(",") if t]
+        print(f"# sis trainer speed — {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, old {args.old_src}, "
+              f"load avg {os.getloadavg()[0]:.1f}")
+        rows = _trainer_rows(args)
+        print(f"# load avg at end {os.getloadavg()[0]:.1f}")
+        if args.json:
+            from attnsynth.utils.io import atomic_write_json
+
+            atomic_write_json(args.json, rows)
         return
     import torch
 
     args.batches = [int(b) for b in args.batches.split(",") if b]
     args.infer_batches = [int(b) for b in args.infer_batches.split(",") if b]
     args.impls = [i for i in args.impls.split(",") if i]
-    args.resolution = [args.resolution, args.resolution]
+    args.resolution = [args.resolution or 256] * 2
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"# sis speed — {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, {args.threads} threads, "
           f"{args.config} {args.resolution[0]}², {args.classes} classes, load avg {os.getloadavg()[0]:.1f}")

@@ -1,6 +1,5 @@
 """Edits as token algebra (identities that must hold for any weights) and the edit CLI commands."""
 
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from attnsynth.sis.configs import get_config
 from attnsynth.sis.mapping import MappingNetwork
 from attnsynth.sis.model import build_model, labels_to_onehot
 from attnsynth.toyworld import faces
+from cli_runner import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -155,16 +155,8 @@ def files(tmp_path_factory):
 
 def _cli(capsys, monkeypatch, *args):
     """Run ``attnsynth sis ARGS`` in-process through the console entry point → (exit code, stderr)."""
-    from attnsynth.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["attnsynth", "sis", *map(str, args)])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exit:
-        code = exit.code or 0
-    return code, capsys.readouterr().err
+    code, printed = run_cli(capsys, monkeypatch, "sis", *args)
+    return code, printed.err
 
 
 def test_cli_edit_commands_write_pngs(files, tmp_path):

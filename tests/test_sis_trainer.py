@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import sys
 import textwrap
 
 import pytest
@@ -14,6 +13,7 @@ from attnsynth.sis import checkpoint as ckpt
 from attnsynth.sis.run_log import read_log
 from attnsynth.sis.train_config import MappingTrainConfig, TrainConfig
 from attnsynth.sis.trainer import lr_factor, train, train_mapping
+from cli_runner import run_cli
 
 
 def _config(out, **changes):
@@ -203,17 +203,8 @@ def test_two_cpu_processes_keep_identical_replicas(tmp_path):
 
 
 def test_cli_train_dry_run_resume_and_refusal(tmp_path, capsys, monkeypatch):
-    from attnsynth.cli import main
-
     def cli(*args):
-        monkeypatch.setattr(sys, "argv", ["attnsynth", "sis", "train", *map(str, args)])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as exit:
-            code = exit.code or 0
-        return code, capsys.readouterr()
+        return run_cli(capsys, monkeypatch, "sis", "train", *args)
 
     out = tmp_path / "run"
     common = ["--data", "toy-faces", "--toy-n", "3", "--resolution", "32", "--batch-size", "2", "--out", out, "--sample-every", "0", "--log-every", "1", "--lr-d", "3e-4"]

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(help="CA²-SIS semantic image synthesis: train, reconstruct, transfer, swap-shape, interpolate, sample, evaluate.", no_args_is_help=True)
+app = typer.Typer(help="CA²-SIS semantic image synthesis: train, reconstruct, transfer, swap-shape, interpolate, sample, evaluate, export.", no_args_is_help=True)
 
 
 @app.command("info")
@@ -124,6 +124,26 @@ def train_mapping_command(
     cfg = MappingTrainConfig(run=str(checkpoint), data=data, steps=steps, batch_size=batch_size, lr=lr, lr_d=lr_d,
                              lambda_div=lambda_div, mixed_precision=mixed_precision, seed=seed, toy_n=toy_n)
     train_mapping(cfg, resume=resume, progress=True)
+
+
+@app.command("export")
+def export_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A finished `sis train` run directory."),
+    out: Path = typer.Option(..., "--out", help="Directory to write (config, EMA generator, mapping network, discriminator, label set)."),
+    dtype: str = typer.Option("fp16", "--dtype", help="Storage dtype of the weights: fp16, bf16 or fp32 (loading casts back to float32)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
+) -> None:
+    """Copy a finished run into a small directory for shipping (no optimiser state; weights in --dtype)."""
+    import torch
+
+    from attnsynth.sis.checkpoint import export_run
+
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    if dtype not in dtypes:
+        raise ValueError(f"--dtype {dtype!r} is invalid; expected fp16, bf16 or fp32")
+    path = export_run(checkpoint, out, dtype=dtypes[dtype], overwrite=overwrite)
+    size = sum(p.stat().st_size for p in path.iterdir())
+    typer.echo(f"wrote {path} ({size / 1e6:.2f} MB: {', '.join(sorted(p.name for p in path.iterdir()))})")
 
 
 def _device(name: Optional[str]):

@@ -8,7 +8,8 @@ run killed mid-write keeps its previous checkpoint intact::
       optim_<name>.safetensors        optimiser state tensors, keys "state.<param>.<field>"
       state.json                      step, seeds, optimiser hyper-parameters, grad-scaler state
 
-It also names the files of a finished run that edits and evaluation read (:func:`load_labelset`).
+It also names the files of a finished run that edits and evaluation read (:func:`load_labelset`), and
+:func:`export_run` copies a finished run into a small shippable directory (fp16 weights).
 """
 
 from __future__ import annotations
@@ -139,3 +140,36 @@ def load_training_state(
             tensors = load_file(str(path))
         optimizer.load_state_dict(unflatten_optimizer(tensors, meta["optimizers"][name]))
     return meta["state"]
+
+
+# ---- shipping a finished run ------------------------------------------------------------------------
+SHIPPED_WEIGHTS = ("model.safetensors", MAPPING_WEIGHTS, "discriminator.safetensors")  # cast to the storage dtype
+SHIPPED_FILES = ("config.json", LABELSET_FILE, "train_config.json", "eval.jsonl", "mapping_config.json")  # copied as they are
+
+
+def export_run(run: str | Path, out: str | Path, *, dtype: torch.dtype = torch.float16, overwrite: bool = False) -> Path:
+    """Copy what a finished run needs for editing, sampling and ``train-mapping`` into ``out``, weights cast to ``dtype``.
+
+    Writes ``config.json``, ``model.safetensors`` (the EMA generator) and, when the run has them,
+    ``mapping.safetensors``, ``discriminator.safetensors``, ``labelset.json``, ``train_config.json``,
+    ``eval.jsonl`` (learning curve) and ``mapping_config.json``; nothing else (no optimiser state).
+    Loading casts back to the compute dtype (:func:`attnsynth.sis.edits.load_model`). One atomic directory.
+    """
+    import shutil
+
+    from attnsynth.sis.model import CONFIG_NAME, WEIGHTS_NAME
+
+    run, out = Path(run), Path(out)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (run / name).is_file():
+            raise FileNotFoundError(f"--checkpoint {run} has no {name}: expected a finished `sis train` run")
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        for name in SHIPPED_WEIGHTS:
+            if (run / name).is_file():
+                with readable_weights(run / name):
+                    tensors = load_file(str(run / name))
+                save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}, str(tmp / name))
+        for name in SHIPPED_FILES:
+            if (run / name).is_file():
+                shutil.copyfile(run / name, tmp / name)
+    return out

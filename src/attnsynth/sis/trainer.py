@@ -504,7 +504,8 @@ def train_mapping(config: MappingTrainConfig, *, resume: bool = False, progress:
             with accelerator.autocast():
                 z = torch.randn(n * (2 if config.lambda_div else 1), latent, device=accelerator.device)
                 style = mapping(z, present.repeat(2 if config.lambda_div else 1, 1))
-                fake, logits = generator.decode(shape.repeat(2 if config.lambda_div else 1, 1, 1), style, return_attention=True)
+                copies = 2 if config.lambda_div else 1  # shape: tokens [B, C', D] (CA²-SIS) or the one-hot [B, C, H, W] (SPADE)
+                fake, logits = generator.decode(shape.repeat(copies, *[1] * (shape.ndim - 1)), style, return_attention=True)
                 fake_out = plain_d(fake[:n], onehot)
                 stats = {"loss/M/gan": hinge_g_loss(fake_out)}
                 total = stats["loss/M/gan"]

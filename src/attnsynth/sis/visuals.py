@@ -36,6 +36,18 @@ def attention_probabilities(logits: list[torch.Tensor], size: tuple[int, int]) -
     return torch.stack(probs).mean(dim=0)
 
 
+def heatmap(probability: torch.Tensor) -> np.ndarray:
+    """One class's attention [H, W] → uint8 [H, W, 3] in a black-red-yellow-white scale, scaled to its own maximum.
+
+    Softmax attention over C classes is often far below 1 for a small class; scaled to its maximum
+    its layout shows (the caption should say the maximum).
+    """
+    p = probability.detach().float().cpu()
+    p = (p / p.max().clamp_min(1e-8)).numpy()  # [H, W] in [0, 1]
+    rgb = np.stack([np.clip(3 * p, 0, 1), np.clip(3 * p - 1, 0, 1), np.clip(3 * p - 2, 0, 1)], axis=-1)
+    return np.round(rgb * 255).astype(np.uint8)
+
+
 def attention_overlay(image: torch.Tensor, probability: torch.Tensor, *, colour: tuple[int, int, int] = (255, 0, 0)) -> np.ndarray:
     """Overlay one class's attention [H, W] in [0, 1] on an image [3, H, W] in [-1, 1] (uint8 [H, W, 3])."""
     base = to_uint8(image).astype(np.float32)
