@@ -79,3 +79,25 @@ def test_shipped_sis_checkpoint_loads_offline_and_uses_the_given_style():
     recon = edits.reconstruct(model, images, labels).images
     # every held-out face is reconstructed closer to itself than to another face
     assert bool((psnr(recon, images) > psnr(recon, images.roll(1, 0))).all())
+
+
+def test_attention_steps_figure_shows_the_spread_of_sharp_maps():
+    import numpy as np
+    import pytest
+
+    from attnsynth.t2i.figures import attention_steps_figure
+    from attnsynth.t2i.subjects import SubjectGroup
+
+    maps = torch.zeros(2, 4, 4, 3)
+    maps[:, 0, 0, 1], maps[:, 1, 1, 1] = 0.81, 0.01  # one strong cell, one weak one (ratio 81, 9 after sqrt)
+    runs = {"run": (np.zeros((8, 8, 3), np.uint8), maps)}
+    group = [SubjectGroup(name="cat", token_indices=(1,))]
+    linear = attention_steps_figure(runs, group, cell=4, gamma=1.0, overlay=0.0)
+    root = attention_steps_figure(runs, group, cell=4, gamma=0.5, overlay=0.0)
+    weak = (16 + 1, 150 + 4 + 1)  # the weak cell of the first step column
+    assert root[weak].sum() > linear[weak].sum()  # the weak cell is visible with gamma 0.5
+    with pytest.raises(ValueError, match="gamma"):
+        attention_steps_figure(runs, group, gamma=0.0)
+    white = {"run": (np.full((8, 8, 3), 255, np.uint8), maps)}  # the image shows through where the map is 0
+    over = attention_steps_figure(white, group, cell=4, overlay=0.4)
+    assert tuple(over[16 + 3, 150 + 4 + 3]) == (102, 102, 104) and tuple(root[16 + 3, 150 + 4 + 3]) == (0, 0, 4)

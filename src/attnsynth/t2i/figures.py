@@ -41,18 +41,27 @@ def attention_steps_figure(
     *,
     columns: int = 8,
     cell: int = 64,
+    gamma: float = 0.5,
+    overlay: float = 0.4,
 ) -> np.ndarray:
     """One row per (run, subject): the run's final image, then the subject's map at selected steps.
 
     ``runs``: ``{label: (image uint8 [H, W, 3], maps [steps, h, w, T])}`` for one image each,
     e.g. ``{"guided": ..., "unguided": ...}``. A subject's map is the sum of its tokens' maps,
-    each cell normalised to its own range. Returns an RGB uint8 array.
+    each cell normalised to its own range after ``value ** gamma`` (0.5 by default: sharp maps, whose
+    mass sits in a few cells, would otherwise show one bright cell and black elsewhere; 1 = linear).
+    Cells are upsampled bilinearly and drawn over the run's image at weight ``overlay`` (0: the map
+    alone), so a reader sees which object a subject's attention sits on. Returns an RGB uint8 array.
     """
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    if not 0.0 <= overlay < 1.0:
+        raise ValueError(f"overlay must be in [0, 1), got {overlay}")
     if not runs or not groups:
         raise ValueError("attention_steps_figure needs at least one run and one subject group")
     num_steps = next(iter(runs.values()))[1].shape[0]
     steps = _steps_to_show(num_steps, columns)
-    label_width, header = 120, 16
+    label_width, header = 150, 16
     rows = len(runs) * len(groups)
     width = label_width + cell * (1 + len(steps))
     canvas = Image.new("RGB", (width, header + rows * cell), "white")
@@ -64,13 +73,16 @@ def attention_steps_figure(
     for label, (image, maps) in runs.items():
         subject_maps = group_maps(maps.float(), list(groups))  # [steps, K, h, w]
         thumbnail = Image.fromarray(np.asarray(image, dtype=np.uint8)).resize((cell, cell), Image.BILINEAR)
+        backdrop = overlay * np.asarray(thumbnail, dtype=np.float64)  # [cell, cell, 3]
         for k, group in enumerate(groups):
             top = header + row * cell
-            draw.text((4, top + cell // 2 - 6), f"{label}: {group.name}"[:20], fill="black")
+            draw.text((4, top + cell // 2 - 6), f"{label}: {group.name}"[:26], fill="black")
             if k == 0:
                 canvas.paste(thumbnail, (label_width, top))
             for c, step in enumerate(steps):
-                tile = Image.fromarray(heatmap(subject_maps[step, k].numpy())).resize((cell, cell), Image.NEAREST)
+                values = subject_maps[step, k].clamp_min(0).numpy() ** gamma
+                tile = np.asarray(Image.fromarray(heatmap(values)).resize((cell, cell), Image.BILINEAR), dtype=np.float64)
+                tile = Image.fromarray(np.round(backdrop + (1 - overlay) * tile).astype(np.uint8))
                 canvas.paste(tile, (label_width + cell * (1 + c), top))
             row += 1
     return np.asarray(canvas)
