@@ -44,7 +44,7 @@ def test_t2i_section_on_a_tiny_pipeline(tmp_path):
     pipe.attnsynth_defaults = {"num_inference_steps": 4, "guided_steps": 2, "step_size": 20.0}
     prompts = t2i_demo.demo_prompts((2,))
     assert prompts == t2i_demo.demo_prompts((2,))  # a rule, not a pick: the first validation prompt
-    html = t2i_demo.render(tmp_path, pipe=pipe, prompts=prompts, seeds=(0,))
+    html = t2i_demo.render(tmp_path, pipe=pipe, prompts=prompts, seeds=(0,), concept=None)
     names = _referenced_files_exist(html, tmp_path)
     assert {"t2i_0_none.png", "t2i_0_attend-excite.png", "t2i_0_ait2i.png", "t2i_0_attention.png",
             "t2i_layout_none.png", "t2i_layout_layout+ait2i.png"} <= set(names)
@@ -101,3 +101,15 @@ def test_attention_steps_figure_shows_the_spread_of_sharp_maps():
     white = {"run": (np.full((8, 8, 3), 255, np.uint8), maps)}  # the image shows through where the map is 0
     over = attention_steps_figure(white, group, cell=4, overlay=0.4)
     assert tuple(over[16 + 3, 150 + 4 + 3]) == (102, 102, 104) and tuple(root[16 + 3, 150 + 4 + 3]) == (0, 0, 4)
+
+
+def test_t2i_personalisation_row_uses_the_shipped_concept(tmp_path):
+    from attnsynth.shapes_t2i import demo_page as t2i_demo
+    from attnsynth.shapes_t2i import load_t2i_pipeline
+    from attnsynth.shapes_t2i.personalize import PLACEHOLDER, load_concept
+
+    pipe = load_concept(load_t2i_pipeline(), t2i_demo.CONCEPT_DIR, PLACEHOLDER)
+    assert PLACEHOLDER in pipe.tokenizer.get_vocab()
+    html = t2i_demo._personalisation_row(pipe, tmp_path, seed=0)
+    assert set(_referenced_files_exist(html, tmp_path)) == {"t2i_concept_none.png", "t2i_concept_ait2i.png"}
+    assert "&lt;heart&gt;" in html and "known shapes" in html

@@ -123,13 +123,13 @@ def test_personalize_prompts_combine_the_novel_shape_with_known_ones():
 
 
 def test_placeholder_prompts_resolve_for_guidance_even_before_a_comma():
-    from attnsynth.shapes_t2i.personalize import _with_placeholder
+    from attnsynth.shapes_t2i.personalize import with_placeholder
     from attnsynth.t2i.subjects import resolve_subjects
 
     pipe = tiny_sd_pipeline()
     pipe.tokenizer.add_tokens(["<heart>"])
     prompt, spec, _ = next(p for p in personalize_prompts(2, 20) if "heart," in p[0])
-    text = _with_placeholder(prompt, spec, "heart", "<heart>")
+    text = with_placeholder(prompt, spec, "heart", "<heart>")
     assert "<heart> ," in text and "heart" not in text.replace("<heart>", "")
     assert pipe.tokenizer(text).input_ids == pipe.tokenizer(text.replace("<heart> ,", "<heart>,")).input_ids  # same ids
     groups = resolve_subjects(text, ["<heart>"], pipe.tokenizer)

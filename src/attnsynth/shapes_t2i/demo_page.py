@@ -1,15 +1,19 @@
 """Demo section: the shipped shapes-world text-to-image model — unguided vs Attend-and-Excite vs AI-T2I,
-layout-controlled generation, and the subjects' attention over the denoising steps.
+layout-controlled generation, personalised generation (a learned concept), and the subjects' attention
+over the denoising steps.
 
 Prompts are not picked by hand: they are the first prompts of the benchmark's *validation* split
 (:func:`attnsynth.shapes_t2i.bench.benchmark_prompts`) for each subject count shown, seed 0 — the
 test split, on which the benchmark reports, is never shown here. The shapes oracle reads every
 image back; for the layout row the requested boxes are drawn on the images and the oracle's IoU
-with them is given.
+with them is given. The personalisation row uses the concept shipped in ``assets/toy_t2i_heart`` (the
+unseen heart, learned by textual inversion + a small UNet LoRA) on the first prompt of the
+personalisation benchmark (:func:`attnsynth.shapes_t2i.personalize.personalize_prompts`).
 """
 
 from __future__ import annotations
 
+import copy
 import html
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,8 @@ COMPARED = (("unguided", "none"), ("Attend-and-Excite", "attend-excite"), ("AI-T
 #: (label, benchmark method) of the layout row
 LAYOUT_COMPARED = (("unguided", "none"), ("layout", "layout"), ("layout + AI-T2I", "layout+ait2i"))
 SCALE = 3
+#: The shipped personalised concept (learned embedding + LoRA) shown in the personalisation row
+CONCEPT_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_t2i_heart"
 _BOX_COLOURS = ((220, 40, 40), (40, 90, 220), (30, 150, 60), (200, 120, 0))
 
 
@@ -106,10 +112,35 @@ def _layout_row(sample: _Sampler, out_dir: Path, prompt: str, spec: Any, prompt_
     return f"<h4>Layout: “{html.escape(prompt)}” with the boxes drawn — seed {seed}</h4><div>{''.join(cells)}</div>"
 
 
+def _personalisation_row(concept_pipe, out_dir: Path, seed: int) -> str:
+    """Unguided vs AI-T2I on the first heart + known-shape prompt, with the learned ``<heart>`` concept loaded."""
+    from attnsynth.shapes_t2i.personalize import PLACEHOLDER, concept_verdict, personalize_prompts, with_placeholder
+
+    prompt, spec, _ = personalize_prompts(1, 1)[0]
+    text = with_placeholder(prompt, spec, "heart", PLACEHOLDER)
+    nouns = [PLACEHOLDER if spec.objects[s.object_index].shape == "heart" else s.noun for s in spec.subjects]
+    sample = _Sampler(concept_pipe)
+    cells = []
+    for label, method in (("unguided", "none"), ("AI-T2I", "ait2i")):
+        image, _ = sample(text, nouns, method, seed)
+        verdict = concept_verdict(image, spec, "heart")
+        caption = f"{label}<br>heart {'✓' if verdict['novel_shape'] else '✗'}, known shapes {'✓' if verdict['known_present'] else '✗'}"
+        cells.append(figure(out_dir, f"t2i_concept_{method}.png", image, caption, scale=SCALE))
+    return (f"<h4>Personalised: “{html.escape(text)}” — the learned {html.escape(PLACEHOLDER)} (textual inversion + LoRA), "
+            f"seed {seed}</h4><p>The model never saw a heart; a learned embedding plus a small UNet LoRA make it draw one "
+            f"only some of the time, and guidance does not change that (the personalisation table in "
+            f"<code>benchmarks/RESULTS.md</code>).</p><div>{''.join(cells)}</div>")
+
+
 def render(out_dir: Path, *, pipe=None, prompts: list[tuple[str, Any, int]] | None = None, seeds: tuple[int, ...] = (0,),
-           layout: bool = True) -> str:
-    """Write the comparison, layout and attention figures into ``out_dir``; return the section's HTML."""
+           layout: bool = True, concept: str | Path | None = CONCEPT_DIR) -> str:
+    """Write the comparison, layout, personalisation and attention figures into ``out_dir``; return the section's HTML.
+
+    ``concept``: a directory written by ``attnsynth personalize train`` (None or missing: no personalisation row);
+    it is loaded into a separate copy of the model, so the other rows use the model as shipped.
+    """
     from attnsynth.shapes_t2i import load_t2i_pipeline
+    from attnsynth.shapes_t2i.personalize import PLACEHOLDER, load_concept
 
     sample = _Sampler(pipe if pipe is not None else load_t2i_pipeline())
     prompts = demo_prompts() if prompts is None else prompts
@@ -117,6 +148,10 @@ def render(out_dir: Path, *, pipe=None, prompts: list[tuple[str, Any, int]] | No
     if layout:
         prompt, spec, prompt_seed = prompts[0]
         rows.append(_layout_row(sample, out_dir, prompt, spec, prompt_seed, seeds[0]))
+    if concept is not None and Path(concept).is_dir():
+        concept_pipe = load_concept(load_t2i_pipeline() if pipe is None else copy.deepcopy(pipe), concept, PLACEHOLDER)
+        concept_pipe.attnsynth_defaults = sample.defaults
+        rows.append(_personalisation_row(concept_pipe, out_dir, seeds[0]))
     return (
         "<p>The small latent diffusion model trained here from scratch on shapes-world captions, with a token-grounding "
         "loss that keeps each subject word's cross-attention on its object (shipped in <code>attnsynth/assets/toy_t2i</code>). "
@@ -124,6 +159,7 @@ def render(out_dir: Path, *, pipe=None, prompts: list[tuple[str, Any, int]] | No
         "aggregation + isolation + excitation + attribute losses), at the model's recommended step sizes. Prompts: the "
         "first prompt of the benchmark's <em>validation</em> split for 2 and 3 subjects (never the test split), seed 0 — "
         "not chosen by looking at the results. The oracle detects shapes and colours in each image. Benchmark rates "
-        "over many prompts and seeds, with intervals, are in <code>benchmarks/RESULTS.md</code>.</p>"
+        "over many prompts and seeds, with intervals, are in <code>benchmarks/RESULTS.md</code>: on this model "
+        "guidance does not beat unguided sampling, though the maps now sit on the objects.</p>"
         + "\n".join(rows)
     )

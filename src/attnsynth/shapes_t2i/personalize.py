@@ -40,9 +40,11 @@ __all__ = [
     "PersonalizeBenchConfig",
     "concept_data",
     "concept_presence",
+    "concept_verdict",
     "personalize_markdown",
     "personalize_prompts",
     "run_personalize_benchmark",
+    "with_placeholder",
     "train_concept",
 ]
 
@@ -62,7 +64,7 @@ def _check_novel(shape: str) -> str:
     return shape
 
 
-def _with_placeholder(caption: str, spec: Any, shape: str, placeholder: str) -> str:
+def with_placeholder(caption: str, spec: Any, shape: str, placeholder: str) -> str:
     """``caption`` with every noun naming ``shape`` replaced by ``placeholder`` (right to left, spans stay valid).
 
     A comma right after the placeholder is moved one space away ("<heart> ,"): CLIP tokenizers give
@@ -94,7 +96,7 @@ def concept_data(shape: str = "heart", *, n: int = 32, resolution: int = 64, pla
     colours = list(COLOURS)
     scenes = [render_objects([ObjectSpec(shape, colours[i % len(colours)])], seed_start + i, resolution) for i in range(n)]
     images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # [n, 3, R, R]
-    captions = [_with_placeholder(s.caption, s.spec, shape, placeholder) for s in scenes]
+    captions = [with_placeholder(s.caption, s.spec, shape, placeholder) for s in scenes]
     return images, captions
 
 
@@ -230,7 +232,7 @@ class PersonalizeBenchConfig:
         return cls(**settings)
 
 
-def _verdict(image: np.ndarray, spec: Any, shape: str) -> dict[str, bool]:
+def concept_verdict(image: np.ndarray, spec: Any, shape: str) -> dict[str, bool]:
     """Oracle verdict split into the novel subject and the known ones."""
     from attnsynth.toyworld.shapes import score
 
@@ -279,7 +281,7 @@ def run_personalize_benchmark(pipe: Any, config: PersonalizeBenchConfig, *,
         everything: list[dict[str, bool]] = []
         total = 0.0
         for n, prompts in prompt_sets.items():
-            texts = [p if method == "control" else _with_placeholder(p, spec, config.shape, config.placeholder) for p, spec, _ in prompts]
+            texts = [p if method == "control" else with_placeholder(p, spec, config.shape, config.placeholder) for p, spec, _ in prompts]
             kwargs: dict[str, Any] = {}
             if method not in ("control", "none"):
                 subjects = [[config.placeholder if spec.objects[s.object_index].shape == config.shape else s.noun for s in spec.subjects]
@@ -295,7 +297,7 @@ def run_personalize_benchmark(pipe: Any, config: PersonalizeBenchConfig, *,
                              generator=generators, output_type="np", attention_res=tuple(config.attention_res), **kwargs)
                 seconds += time.perf_counter() - start
                 images = (np.clip(out.images, 0, 1) * 255).round().astype(np.uint8)  # [B, H, W, 3]
-                verdicts += [_verdict(image, spec, config.shape) for image, (_, spec, _) in zip(images, prompts)]
+                verdicts += [concept_verdict(image, spec, config.shape) for image, (_, spec, _) in zip(images, prompts)]
                 if on_batch is not None:
                     on_batch(method, n, seed)
             per_n[str(n)] = _summary(verdicts, seconds)
