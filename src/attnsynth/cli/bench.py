@@ -34,21 +34,13 @@ def toy_t2i_command(
     import json
     from dataclasses import replace
 
-    import torch
     from rich.console import Console
 
+    from attnsynth.cli._quiet import quiet_torch
     from attnsynth.shapes_t2i.bench import LAYOUT_METHODS, BenchConfig, parse_counts, parse_loss_weights, parse_methods, results_markdown, results_table, run_benchmark
     from attnsynth.shapes_t2i.model import load_t2i_pipeline
 
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
+    quiet_torch(threads)
     pipe = load_t2i_pipeline(model, device=device)
     if layout and methods == DEFAULT_METHODS:
         methods = ",".join(LAYOUT_METHODS)
