@@ -38,7 +38,7 @@ END_OF_WORD = "</w>"
 #: the prompt-softmax variant but 0.44 at α = 2); Attend-and-Excite 0.61 at every α in 1 / 5 / 20 (its loss is saturated
 #: on this model, so the step size does not matter: 1); layout (2–3 subjects, all-present + box IoU)
 #: 0.78 / 0.76 / 0.65 / 0.40 at α = 0.5 / 1 / 2 / 10, layout + AI-T2I 0.72 / 0.73 / 0.55 / 0.50 at
-#: α = 0.25 / 0.5 / 1 / 2. Divide & Bind keeps the authors' α = 20 (not re-chosen after it became
+#: α = 0.25 / 0.5 / 1 / 2; guided steps (AI-T2I, α = 0.25) 0.64 / 0.69 / 0.67 at 6 / 12 / 18. Divide & Bind keeps the authors' α = 20 (not re-chosen after it became
 #: the authors' function: its refinement makes a sweep too slow for this CPU session).
 TOY_T2I_DEFAULTS: dict[str, Any] = {
     "height": 64,
