@@ -100,6 +100,7 @@ def test_layout_boxes_and_bfloat16_run(models, tmp_path):
         (["--prompt", "a cat", "--method", "magic"], ValueError, "--method 'magic'"),
         (["--prompt", "a cat and a dog", "--subjects", "cat", "--method", "layout", "--boxes", "cat=0,0,1"], ValueError, "--boxes entry"),
         (["--prompt", "a cat", "--resolution", "0"], ValueError, "--resolution"),
+        (["--prompt", "a cat", "--token-softmax", "some"], ValueError, "--token-softmax 'some'"),
     ],
 )
 def test_user_errors_are_one_line_and_write_nothing(models, tmp_path, args, error, message):
@@ -152,3 +153,14 @@ def test_settings_saved_with_the_model_fill_in_what_the_command_leaves_out(model
               "--steps", 4, "--guidance-scale", 5.0, "--attention-res", 12, "--step-size", 50, "--guided-steps", 2, "--resolution", 48)
     assert np.array_equal(_png(flags), _direct(model, "a cat and a dog", 0, subjects=["cat", "dog"], method="ait2i", num_inference_steps=4,
                                                guided_steps=2, step_size=50.0, guidance_scale=5.0, height=48, width=48, attention_res=(12, 12)))
+
+
+def test_token_softmax_variant_reaches_the_pipeline(models, tmp_path):
+    out = tmp_path / "variant.png"
+    args = dict(subjects=["cat", "dog"], method="attend-excite", num_inference_steps=4, guided_steps=2, step_size=50.0, height=48, width=48)
+    _generate("--model", models / "sd", "--prompt", "a cat and a dog", "--subjects", "cat,dog", "--method", "attend-excite",
+              "--seed", 1, "--steps", 4, "--guided-steps", 2, "--step-size", 50, "--resolution", 48, "--token-softmax", "prompt",
+              "--out", out)
+    variant = _direct(models / "sd", "a cat and a dog", 1, token_softmax="prompt", **args)
+    assert np.array_equal(_png(out), variant)
+    assert not np.array_equal(variant, _direct(models / "sd", "a cat and a dog", 1, **args))  # the flag changes the loss

@@ -12,6 +12,7 @@ app = typer.Typer(help="Attention-guided text-to-image generation on diffusers S
 
 METHOD_CHOICES = ("ait2i", "attend-excite", "divide-bind", "layout", "none")
 DTYPES = ("float32", "float16", "bfloat16")
+TOKEN_SOFTMAX_CHOICES = ("all", "prompt")
 
 
 def parse_subjects(text: str | None) -> Any:
@@ -87,6 +88,7 @@ def generate_command(
     resolution: str = typer.Option(None, "--resolution", help="Image size R or HxW (default: the model's)."),
     attention_res: str = typer.Option(None, "--attention-res", help="Attention-map grid R or HxW (default: the model's recommended, else image/32)."),
     boxes: str = typer.Option(None, "--boxes", help="Layout boxes: 'cat=0,0,0.5,1;dog=0.5,0,1,1' (x0,y0,x1,y1 in [0, 1])."),
+    token_softmax: str = typer.Option("all", "--token-softmax", help="Excitation softmax tokens (SD/SDXL): 'all' = the authors' [1:-1], 'prompt' = the named variant over the prompt's own tokens."),
     out: Path = typer.Option(None, "--out", help="Output PNG (single-image mode)."),
     out_dir: Path = typer.Option(None, "--out-dir", help="Output directory (batch mode): NNNN_<prompt>_seedS.png per prompt and seed."),
     save_attention: Path = typer.Option(None, "--save-attention", help="Also write a PNG of each subject's map over the steps, guided vs unguided."),
@@ -96,6 +98,8 @@ def generate_command(
     """Generate images with attention guidance; several processes split --prompt-file via `accelerate launch`."""
     if method not in METHOD_CHOICES:
         raise ValueError(f"--method {method!r} is unknown; expected one of {', '.join(METHOD_CHOICES)}")
+    if token_softmax not in TOKEN_SOFTMAX_CHOICES:
+        raise ValueError(f"--token-softmax {token_softmax!r} is unknown; expected one of {', '.join(TOKEN_SOFTMAX_CHOICES)}")
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r} is unknown; expected one of {', '.join(DTYPES)}")
     if (prompt is None) == (prompt_file is None):
@@ -151,6 +155,8 @@ def generate_command(
         "step_size": step_size if step_size is not None else recommended_for(recommended, "step_size", method),
         "boxes": parse_boxes(boxes),
     }
+    if token_softmax != "all":  # only the SD/SDXL pipelines take it (SD3/FLUX always use the prompt's tokens)
+        guidance["token_softmax"] = token_softmax
     if guidance["method"] is None:
         guidance = {"method": None}
 
