@@ -242,3 +242,18 @@ def test_auto_takes_adjective_words_that_end_a_chain_as_nouns():
     assert names("a red circle and a blue square") == ["circle", "square"]
     assert names("a square cake and a round table") == ["cake", "table"]
     assert names("the box is square") == ["box"]
+
+
+def test_a_learned_placeholder_token_is_one_piece_even_before_punctuation():
+    # textual inversion adds "<heart>" to the tokenizer whole; "<heart>," used to split into "<", "heart", ">,"
+    from attnsynth.t2i.subjects import resolve_subjects
+    from attnsynth.t2i.testing import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_tokens(["<heart>"])
+    ids = tokenizer("a red <heart>, a blue cat").input_ids
+    for prompt in ("a red <heart>, a blue cat", "a red <heart> , a blue cat"):
+        heart, cat = resolve_subjects(prompt, ["<heart>", "cat"], tokenizer)
+        assert [tokenizer.convert_ids_to_tokens(ids[i]) for i in heart.token_indices] == ["<heart>"]
+        assert tokenizer.convert_ids_to_tokens(ids[heart.attribute_indices[0]]) == "red</w>"
+    assert [g.name for g in resolve_subjects("a red <heart>, a blue cat", "auto", tokenizer)] == ["<heart>", "cat"]

@@ -68,8 +68,8 @@ def with_placeholder(caption: str, spec: Any, shape: str, placeholder: str) -> s
     """``caption`` with every noun naming ``shape`` replaced by ``placeholder`` (right to left, spans stay valid).
 
     A comma right after the placeholder is moved one space away ("<heart> ,"): CLIP tokenizers give
-    the same ids either way, and the subject resolver reads "<heart>," as "<", "heart", ">,"
-    (a punctuation run), which would hide the placeholder from guidance.
+    the same ids either way. (The subject resolver once read "<heart>," as "<", "heart", ">,"; it now
+    takes a placeholder as one piece, and the space is kept so the prompts equal earlier runs'.)
     """
     for subject in sorted(spec.subjects, key=lambda s: -s.noun_span[0]):
         if spec.objects[subject.object_index].shape == shape:

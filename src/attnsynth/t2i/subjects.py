@@ -25,7 +25,9 @@ from typing import Any, ClassVar
 __all__ = ["SubjectGroup", "TextSegment", "TextStreamGroup", "count_prompt_tokens", "prompt_token_positions", "resolve_stream_subjects", "resolve_subjects"]
 
 # Pieces as CLIP's pre-tokenizer splits text: contractions, letter runs, single digits, other symbols.
-_PIECE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+", re.IGNORECASE)
+# CLIP's pre-tokenizer pieces, plus a learned placeholder token such as "<heart>" as one piece (textual inversion
+# adds it to the tokenizer whole), so "<heart>," does not become "<", "heart", ">,".
+_PIECE = re.compile(r"<[^\W\d_]+(?:[-_][^\W\d_]+)*>|'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+", re.IGNORECASE)
 
 _DETERMINERS = frozenset(
     "a an the this that these those some several many few any each every another no both all "
@@ -133,6 +135,11 @@ class TextSegment:
     max_length: int  # rows it occupies (padding included); longer prompts are refused
 
 
+def _is_placeholder(text: str) -> bool:
+    """A learned-concept token written as ``<name>`` (one piece of the prompt, a word for the subject rules)."""
+    return len(text) > 2 and text[0] == "<" and text[-1] == ">" and text[1:-1].replace("-", "").replace("_", "").isalpha()
+
+
 @dataclass(frozen=True)
 class _Piece:
     """A pre-tokenizer piece of the prompt with its character span and token positions."""
@@ -144,7 +151,7 @@ class _Piece:
 
     @property
     def is_word(self) -> bool:
-        return self.text.isalpha()
+        return self.text.isalpha() or _is_placeholder(self.text)
 
 
 def _input_ids(tokenizer: Any, text: str, **kwargs: Any) -> list[int]:
