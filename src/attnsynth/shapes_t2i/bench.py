@@ -35,7 +35,7 @@ import torch
 
 from attnsynth.shapes_t2i.model import TOY_T2I_DEFAULTS
 
-__all__ = ["BenchConfig", "LAYOUT_METHODS", "METHODS", "SPLITS", "benchmark_prompts", "box_iou", "layout_ious", "method_loss_weights", "parse_counts", "parse_loss_weights",
+__all__ = ["BenchConfig", "LAYOUT_METHODS", "METHODS", "SPLITS", "benchmark_prompts", "box_iou", "layout_ious", "method_arguments", "method_loss_weights", "parse_counts", "parse_loss_weights",
            "parse_methods", "pipeline_method", "requested_boxes", "results_markdown", "results_table", "run_benchmark", "wilson_interval"]
 
 METHODS = ("none", "attend-excite", "divide-bind", "ait2i", "ait2i-prompt-softmax")
@@ -115,6 +115,11 @@ class BenchConfig:
 def pipeline_method(method: str) -> str:
     """The pipeline's ``method=`` for a benchmark method name (``layout+ait2i`` runs the layout method)."""
     return VARIANTS[method][0] if method in VARIANTS else method
+
+
+def method_arguments(method: str, overrides: tuple[tuple[str, float], ...] = ()) -> dict[str, Any]:
+    """The guided pipeline's ``method=``, ``loss_weights=`` and a variant's extra arguments for a benchmark method name."""
+    return {"method": pipeline_method(method), "loss_weights": method_loss_weights(method, overrides), **VARIANTS.get(method, (None, {}))[1]}
 
 
 def method_loss_weights(method: str, overrides: tuple[tuple[str, float], ...]) -> dict[str, float] | None:
@@ -263,10 +268,8 @@ def run_benchmark(pipe, config: BenchConfig, *, on_batch: Callable[[str, int, in
                 generators = [torch.Generator(device="cpu").manual_seed(1000 * seed + i) for i in range(len(prompts))]
                 kwargs: dict[str, Any] = {}
                 if method != "none":
-                    kwargs = dict(method=pipeline_method(method), subjects=[[s.noun for s in spec.subjects] for _, spec, _ in prompts],
-                                  guided_steps=config.guided_steps, step_size=recommended_for(config.__dict__, "step_size", method),
-                                  loss_weights=method_loss_weights(method, config.loss_weights))
-                    kwargs.update(VARIANTS.get(method, (None, {}))[1])
+                    kwargs = dict(subjects=[[s.noun for s in spec.subjects] for _, spec, _ in prompts], guided_steps=config.guided_steps,
+                                  step_size=recommended_for(config.__dict__, "step_size", method), **method_arguments(method, config.loss_weights))
                     if config.layout:
                         kwargs["boxes"] = boxes[n] if len(prompts) > 1 else boxes[n][0]  # one prompt: its dict
                 start = time.perf_counter()

@@ -66,15 +66,14 @@ class _Sampler:
         self.defaults = dict(getattr(base, "attnsynth_defaults", {}) or {})
 
     def __call__(self, prompt: str, nouns: list[str], method: str, seed: int, boxes: dict | None = None):
-        from attnsynth.shapes_t2i.bench import VARIANTS, method_loss_weights, pipeline_method
+        from attnsynth.shapes_t2i.bench import method_arguments
         from attnsynth.t2i import recommended_for
 
         settings = {key: self.defaults[key] for key in ("num_inference_steps", "guidance_scale", "height", "width") if key in self.defaults}
         if "attention_res" in self.defaults:
             settings["attention_res"] = tuple(self.defaults["attention_res"])
         if method != "none":
-            settings.update(method=pipeline_method(method), subjects=nouns, loss_weights=method_loss_weights(method, ()),
-                            boxes=boxes if method.startswith("layout") else None, **VARIANTS.get(method, (None, {}))[1])
+            settings.update(subjects=nouns, boxes=boxes if method.startswith("layout") else None, **method_arguments(method))
             settings.update({key: recommended_for(self.defaults, key, method) for key in ("guided_steps", "step_size") if key in self.defaults})
         else:
             settings["subjects"] = nouns  # maps of the subjects are recorded without guidance too

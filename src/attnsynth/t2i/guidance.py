@@ -149,6 +149,15 @@ def _check_token_softmax(token_softmax: Any) -> None:
         raise ValueError(f"token_softmax={token_softmax!r} is invalid; expected one of {list(TOKEN_SOFTMAX)}")
 
 
+def prompt_batch_size(prompt: Any, prompt_embeds: Any) -> int:
+    """Prompts in a pipeline call: 1 for a string, the list's length, else the embeddings' batch (as diffusers)."""
+    if isinstance(prompt, str):
+        return 1
+    if isinstance(prompt, list):
+        return len(prompt)
+    return prompt_embeds.shape[0]
+
+
 def check_method_options(
     *,
     method: str | None,

@@ -11,6 +11,7 @@ from diffusers import FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
 
+from attnsynth.t2i.guidance import prompt_batch_size
 from attnsynth.t2i.mmdit import check_joint_guidance_inputs, plan_stream_subjects, prepare_joint_guidance, text_segments
 from attnsynth.t2i.subjects import TextStreamGroup
 
@@ -145,12 +146,7 @@ class AttentionGuidedFluxPipeline(FluxPipeline):
         self._interrupt = False
 
         # 2. Call parameters.
-        if isinstance(prompt, str):
-            batch_size = 1
-        elif isinstance(prompt, list):
-            batch_size = len(prompt)
-        else:
-            batch_size = prompt_embeds.shape[0]
+        batch_size = prompt_batch_size(prompt, prompt_embeds)
         device = self._execution_device
         num_images = batch_size * num_images_per_prompt
 

@@ -11,7 +11,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg, retrieve_timesteps
 
-from attnsynth.t2i.guidance import check_guidance_inputs, plan_subjects, prepare_guidance
+from attnsynth.t2i.guidance import check_guidance_inputs, plan_subjects, prepare_guidance, prompt_batch_size
 from attnsynth.t2i.subjects import SubjectGroup
 
 __all__ = ["AttentionGuidedStableDiffusionPipeline", "AttentionGuidedStableDiffusionPipelineOutput"]
@@ -153,12 +153,7 @@ class AttentionGuidedStableDiffusionPipeline(StableDiffusionPipeline):
         self._interrupt = False
 
         # 2. Call parameters.
-        if isinstance(prompt, str):
-            batch_size = 1
-        elif isinstance(prompt, list):
-            batch_size = len(prompt)
-        else:
-            batch_size = prompt_embeds.shape[0]
+        batch_size = prompt_batch_size(prompt, prompt_embeds)
         device = self._execution_device
         num_images = batch_size * num_images_per_prompt
 

@@ -11,6 +11,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
 
+from attnsynth.t2i.guidance import prompt_batch_size
 from attnsynth.t2i.mmdit import check_joint_guidance_inputs, plan_stream_subjects, prepare_joint_guidance, text_segments
 from attnsynth.t2i.subjects import TextStreamGroup
 
@@ -159,12 +160,7 @@ class AttentionGuidedStableDiffusion3Pipeline(StableDiffusion3Pipeline):
         self._interrupt = False
 
         # 2. Call parameters.
-        if isinstance(prompt, str):
-            batch_size = 1
-        elif isinstance(prompt, list):
-            batch_size = len(prompt)
-        else:
-            batch_size = prompt_embeds.shape[0]
+        batch_size = prompt_batch_size(prompt, prompt_embeds)
         device = self._execution_device
         num_images = batch_size * num_images_per_prompt
 

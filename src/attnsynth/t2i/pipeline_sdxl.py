@@ -12,7 +12,7 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffus
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import rescale_noise_cfg, retrieve_timesteps
 from diffusers.utils.torch_utils import get_module_execution_device
 
-from attnsynth.t2i.guidance import check_guidance_inputs, plan_subjects, prepare_guidance
+from attnsynth.t2i.guidance import check_guidance_inputs, plan_subjects, prepare_guidance, prompt_batch_size
 from attnsynth.t2i.subjects import SubjectGroup
 
 __all__ = ["AttentionGuidedStableDiffusionXLPipeline", "AttentionGuidedStableDiffusionXLPipelineOutput"]
@@ -140,12 +140,7 @@ class AttentionGuidedStableDiffusionXLPipeline(StableDiffusionXLPipeline):
         self._interrupt = False
 
         # 2. Call parameters.
-        if isinstance(prompt, str):
-            batch_size = 1
-        elif isinstance(prompt, list):
-            batch_size = len(prompt)
-        else:
-            batch_size = prompt_embeds.shape[0]
+        batch_size = prompt_batch_size(prompt, prompt_embeds)
         device = self._execution_device
         num_images = batch_size * num_images_per_prompt
 
