@@ -4,7 +4,8 @@ Usage:
     .venv/bin/python benchmarks/sis_speed.py [--threads 2] [--batches 1,2] [--infer-batches 1,2,4,8]
         [--iters 2] [--config faithful --classes 19 --resolution 256] [--device cpu|cuda] [--json FILE]
     .venv/bin/python benchmarks/sis_speed.py --trainer --old-src /work/scratch/sis_old/src
-        [--configs small,spade-small] [--threads 1,2] [--batch-size 8] [--resolution 64] [--steps 8] [--data DIR]
+        [--configs small,spade-small] [--thread-counts 1,2 | --launches 1x1,1x2,2x1] [--batch-size 8] [--resolution 64]
+        [--steps 8] [--data DIR]
 
 ``--trainer`` (the small-config mode) times the real ``attnsynth.sis.trainer.train`` — data loading and
 augmentation, the G and D updates, EMA, everything but checkpoints and sample grids — for the same
@@ -13,7 +14,9 @@ config with this checkout's code (``new``) and with another checkout's ``src`` (
 ``PYTHONPATH`` pointing at that code, alternating old/new so both see the same load. Per step it
 records wall and process CPU seconds from the trainer's callback (the first ``--warmup`` steps are
 dropped) and prints images/s and the new/old ratio. On a shared machine the wall clock is at the
-mercy of the neighbours; with one thread the CPU seconds are the cleaner comparison.
+mercy of the neighbours; with one thread the CPU seconds are the cleaner comparison. ``--launches 1x2,2x1``
+compares ways of using two cores for the same global batch: one process with two OpenMP threads, or two
+torchrun processes of one thread each (gloo DDP, half the batch each; CPU seconds are then rank 0's).
 
 Every setting runs in a FRESH subprocess, so its peak memory is that process's max RSS
 (`getrusage`, whole process: torch, weights, Adam states, VGG, activations); on CUDA it is
@@ -169,24 +172,30 @@ def _trainer_worker(spec: dict) -> dict:
         marks.append((time.perf_counter(), time.process_time()))
 
     with tempfile.TemporaryDirectory() as tmp:
+        processes = spec.get("processes", 1)
         config = TrainConfig(data=spec["data"], out=f"{tmp}/run", config=spec["config"], resolution=(spec["resolution"],) * 2,
-                             steps=spec["steps"], batch_size=spec["batch"], sample_every=0, checkpoint_every=0, log_every=spec["steps"],
-                             toy_n=64, seed=0)
+                             steps=spec["steps"], batch_size=spec["batch"] // processes, sample_every=0, checkpoint_every=0,
+                             log_every=spec["steps"], toy_n=64, seed=0)
         start = (time.perf_counter(), time.process_time())
         train(config, callback=callback)
     marks = [start, *marks]
     walls = [b[0] - a[0] for a, b in zip(marks, marks[1:])][spec["warmup"]:]
     cpus = [b[1] - a[1] for a, b in zip(marks, marks[1:])][spec["warmup"]:]
     return {**spec, "code": str(Path(attnsynth.__file__).parents[1]), "wall_s": statistics.median(walls), "cpu_s": statistics.median(cpus),
-            "walls": walls, "cpus": cpus, "load": os.getloadavg()[0]}
+            "walls": walls, "cpus": cpus, "load": os.getloadavg()[0], "rank": int(os.environ.get("RANK", "0"))}
 
 
 def _run_trainer(spec: dict, src: str) -> dict:
+    """One trainer setting in fresh process(es); ``processes > 1`` = a torchrun launch (gloo DDP on CPU), each process
+    ``batch / processes`` images, so the global batch — and the function trained — is the same."""
     env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]), PYTHONPATH=src)
-    proc = subprocess.run([sys.executable, __file__, "--trainer-worker", json.dumps(spec)], capture_output=True, text=True, env=env)
+    processes = spec.get("processes", 1)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else [sys.executable]
+    proc = subprocess.run([*launcher, __file__, "--trainer-worker", json.dumps(spec)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"setting {spec} with code {src} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    reports = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return next(r for r in reports if r.get("rank", 0) == 0)
 
 
 def _trainer_rows(args) -> list[dict]:
@@ -194,23 +203,24 @@ def _trainer_rows(args) -> list[dict]:
     new_src = str(Path(__file__).resolve().parents[1] / "src")
     rows = []
     for config in args.configs:
-        for threads in args.thread_list:
-            spec = dict(config=config, threads=threads, batch=args.batch_size, resolution=args.resolution, steps=args.steps,
-                        warmup=args.warmup, data=args.data)
+        for processes, threads in args.launch_list:
+            spec = dict(config=config, threads=threads, processes=processes, batch=args.batch_size, resolution=args.resolution,
+                        steps=args.steps, warmup=args.warmup, data=args.data)
+            setting = f"{processes}p×{threads}t"
             pair = {}
             for repeat in range(args.repeats):
                 for label, src in (("old", args.old_src), ("new", new_src)):
                     row = {**_run_trainer(spec, src), "label": label, "repeat": repeat}
                     rows.append(row)
                     pair.setdefault(label, []).append(row)
-                    print(f"trainer {config:<12} {threads}t B={args.batch_size} {args.resolution}²  {label}  wall {row['wall_s']:.3f} s/step  "
-                          f"cpu {row['cpu_s']:.3f} s/step  {args.batch_size / row['wall_s']:6.2f} img/s wall  "
-                          f"{args.batch_size * threads / row['cpu_s']:6.2f} img/s per cpu/threads  (load {row['load']:.1f})", flush=True)
+                    print(f"trainer {config:<12} {setting} B={args.batch_size} {args.resolution}²  {label}  wall {row['wall_s']:.3f} s/step  "
+                          f"cpu(rank 0) {row['cpu_s']:.3f} s/step  {args.batch_size / row['wall_s']:6.2f} img/s wall  "
+                          f"{args.batch_size * threads / (row['cpu_s'] * processes):6.2f} img/s per cpu/threads  (load {row['load']:.1f})", flush=True)
             old_wall = statistics.median(r["wall_s"] for r in pair["old"])
             new_wall = statistics.median(r["wall_s"] for r in pair["new"])
             old_cpu = statistics.median(r["cpu_s"] for r in pair["old"])
             new_cpu = statistics.median(r["cpu_s"] for r in pair["new"])
-            print(f"ratio   {config:<12} {threads}t: images/s new/old ×{old_wall / new_wall:4.2f} (wall), ×{old_cpu / new_cpu:4.2f} (cpu)", flush=True)
+            print(f"ratio   {config:<12} {setting}: images/s new/old ×{old_wall / new_wall:4.2f} (wall), ×{old_cpu / new_cpu:4.2f} (cpu)", flush=True)
     return rows
 
 
@@ -290,7 +300,10 @@ def main() -> None:
     parser.add_argument("--trainer-worker", help=argparse.SUPPRESS)
     parser.add_argument("--old-src", help="--trainer: the src/ directory of the code to compare with (e.g. a git worktree of an older commit)")
     parser.add_argument("--configs", default="small,spade-small", help="--trainer: comma list of presets")
-    parser.add_argument("--thread-counts", default="1,2", help="--trainer: comma list of torch thread counts")
+    parser.add_argument("--thread-counts", default="1,2", help="--trainer: comma list of torch thread counts (one process each)")
+    parser.add_argument("--launches", default=None,
+                        help="--trainer: comma list of PROCESSESxTHREADS launches, e.g. 1x1,1x2,2x1 (overrides --thread-counts; "
+                             "P > 1 runs torchrun with the global batch split over the processes)")
     parser.add_argument("--batch-size", type=int, default=8, help="--trainer: batch size")
     parser.add_argument("--steps", type=int, default=8, help="--trainer: steps per run (the first --warmup are not timed)")
     parser.add_argument("--warmup", type=int, default=2, help="--trainer: untimed first steps")
@@ -310,7 +323,13 @@ def main() -> None:
         import torch
 
         args.configs = [c for c in args.configs.split(",") if c]
-        args.thread_list = [int(t) for t in args.thread_counts.split(",") if t]
+        if args.launches:
+            args.launch_list = [tuple(int(v) for v in item.lower().split("x")) for item in args.launches.split(",") if item]
+        else:
+            args.launch_list = [(1, int(t)) for t in args.thread_counts.split(",") if t]
+        for processes, _ in args.launch_list:
+            if args.batch_size % processes:
+                parser.error(f"--batch-size {args.batch_size} must be divisible by every launch's process count (got {processes})")
         print(f"# sis trainer speed — {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, old {args.old_src}, "
               f"load avg {os.getloadavg()[0]:.1f}")
         rows = _trainer_rows(args)

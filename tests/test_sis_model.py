@@ -277,11 +277,13 @@ def test_chunked_inference_path_matches_the_autograd_path(monkeypatch):
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(chunked_logits, full_logits))
 
 
+@pytest.mark.parametrize("keep_gelu", [True, False], ids=["gelu-kept", "gelu-recomputed"])
 @pytest.mark.parametrize("trainable", ["all", "input-only", "weights-only"])
-def test_fused_autograd_functions_give_exact_gradients(monkeypatch, trainable):
+def test_fused_autograd_functions_give_exact_gradients(monkeypatch, trainable, keep_gelu):
     from attnsynth.sis import generator as generator_module
 
     monkeypatch.setattr(generator_module, "GEGLU_CHUNK_ELEMENTS", 48)  # several row chunks of 3 rows
+    monkeypatch.setattr(generator_module, "GEGLU_SAVE_ELEMENTS", 10**9 if keep_gelu else 0)  # small layer / large layer
     ff = generator_module.FeedForward(dim=4, mult=4).double()
     ln, linear = torch.nn.LayerNorm(4).double(), torch.nn.Linear(4, 6, bias=False).double()
     with torch.no_grad():

@@ -35,6 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from attnsynth.sis.group_norm import GroupNorm
+from attnsynth.sis.group_norm import group_norm as channels_last_group_norm
+
 FF_CHUNK_TOKENS = 4096  # feed-forward token chunk under gradient checkpointing (bounds the peak)
 INFERENCE_CHUNK_TOKENS = 2048  # token chunk of the per-token layers without autograd (small, cache-friendly)
 PER_IMAGE_PIXELS = 64 * 64  # without autograd, blocks on maps at least this large run one image at a time
@@ -42,7 +45,7 @@ PER_IMAGE_PIXELS = 64 * 64  # without autograd, blocks on maps at least this lar
 
 def group_norm(channels: int, groups: int, *, eps: float = 1e-6) -> nn.GroupNorm:
     """GroupNorm with min(groups, channels) groups (eps 1e-6: the transformers' input norm, as in the authors' code)."""
-    return nn.GroupNorm(min(groups, channels), channels, eps=eps)
+    return GroupNorm(min(groups, channels), channels, eps=eps)
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -54,7 +57,7 @@ class GroupNorm32(nn.GroupNorm):
         dtype = torch.promote_types(x.dtype, torch.float32)
         weight = None if self.weight is None else self.weight.to(dtype)
         bias = None if self.bias is None else self.bias.to(dtype)
-        return F.group_norm(x.to(dtype), self.num_groups, weight, bias, self.eps).to(x.dtype)
+        return channels_last_group_norm(x.to(dtype), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
 def _zero_(module: nn.Module) -> nn.Module:
@@ -239,15 +242,18 @@ class CrossAttention(nn.Module):
 
 
 GEGLU_CHUNK_ELEMENTS = 2**21  # rows × hidden per chunk of the feed-forward (temporaries ≈ 8 MB fp32 each)
+GEGLU_SAVE_ELEMENTS = 2**22  # up to rows × hidden this large (16 MB fp32), GELU(g) and a·GELU(g) are kept, not recomputed
 
 
 class _GEGLUFeedForward(torch.autograd.Function):
-    """y = (a · GELU(g)) W₂ᵀ + b₂ with [a, g] = LN(x) W₁ᵀ + b₁, saving only x, LN's statistics and h = [a, g].
+    """y = (a · GELU(g)) W₂ᵀ + b₂ with [a, g] = LN(x) W₁ᵀ + b₁, saving x, LN's statistics and h = [a, g].
 
     Plain autograd also keeps LN(x), GELU(g) and the product (≈ 2× the hidden activations) and its
-    backward materialises ∂h for all tokens at once. Here LN(x), GELU(g) and the product are
-    recomputed (elementwise, cheap) and both passes run over row chunks, so the feed-forward's saved
-    memory halves and its temporaries stay small.
+    backward materialises ∂h for all tokens at once. Here LN(x) is recomputed in backward and both
+    passes run over row chunks, so the saved memory halves and the temporaries stay small. GELU(g) and
+    the product are recomputed too when the layer is large (> ``GEGLU_SAVE_ELEMENTS``: the memory-bound
+    256² case); a small layer keeps them — on a CPU the exact GELU is the costliest elementwise op of
+    the backward, and at 64² they are a few MB.
     """
 
     @staticmethod
@@ -256,18 +262,31 @@ class _GEGLUFeedForward(torch.autograd.Function):
         normed, mean, rstd = torch.native_layer_norm(rows, (rows.shape[-1],), ln_weight, ln_bias, eps)
         h = F.linear(normed, w1, b1)  # [N, 2·hidden]
         del normed
-        ctx.save_for_backward(rows, mean, rstd, ln_weight, ln_bias, h, w1, w2)
-        step = max(1, GEGLU_CHUNK_ELEMENTS // w2.shape[1])
+        hidden = w2.shape[1]
+        keep = rows.shape[0] * hidden <= GEGLU_SAVE_ELEMENTS
         out = rows.new_empty(rows.shape[0], w2.shape[0])
-        for start in range(0, rows.shape[0], step):
-            value, gate = h[start:start + step].chunk(2, dim=-1)
-            torch.addmm(b2, value * F.gelu(gate), w2.t(), out=out[start:start + step])
+        if keep:  # one pass, GELU(g) and the product saved for backward
+            value, gate = h.chunk(2, dim=-1)
+            gelu_gate = F.gelu(gate)
+            product = value * gelu_gate
+            torch.addmm(b2, product, w2.t(), out=out)
+            ctx.save_for_backward(rows, mean, rstd, ln_weight, ln_bias, h, w1, w2, gelu_gate, product)
+        else:
+            step = max(1, GEGLU_CHUNK_ELEMENTS // hidden)
+            for start in range(0, rows.shape[0], step):
+                value, gate = h[start:start + step].chunk(2, dim=-1)
+                torch.addmm(b2, value * F.gelu(gate), w2.t(), out=out[start:start + step])
+            ctx.save_for_backward(rows, mean, rstd, ln_weight, ln_bias, h, w1, w2)
+        ctx.kept = keep
         return out.view(*x.shape[:-1], w2.shape[0])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        rows, mean, rstd, ln_weight, ln_bias, h, w1, w2 = ctx.saved_tensors
+        if ctx.kept:
+            rows, mean, rstd, ln_weight, ln_bias, h, w1, w2, saved_gelu, saved_product = ctx.saved_tensors
+        else:
+            rows, mean, rstd, ln_weight, ln_bias, h, w1, w2 = ctx.saved_tensors
         need_x, need_lnw, need_lnb, need_w1, need_b1, need_w2, need_b2, _ = ctx.needs_input_grad
         need_normed = need_x or need_lnw or need_lnb
         grads = grad_out.reshape(-1, grad_out.shape[-1])  # [N, dim]
@@ -275,18 +294,20 @@ class _GEGLUFeedForward(torch.autograd.Function):
         grad_normed = torch.empty_like(rows) if need_normed else None
         grad_w1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(w2)
         grad_b1 = w1.new_zeros(w1.shape[0])
-        step = max(1, GEGLU_CHUNK_ELEMENTS // hidden)
+        step = rows.shape[0] if ctx.kept else max(1, GEGLU_CHUNK_ELEMENTS // hidden)
         for start in range(0, rows.shape[0], step):
             chunk = slice(start, start + step)
             value, gate = h[chunk].chunk(2, dim=-1)
-            gelu_gate = F.gelu(gate)
+            gelu_gate = saved_gelu if ctx.kept else F.gelu(gate)
             grad = grads[chunk]
             if need_w2:
-                grad_w2.addmm_(grad.t(), value * gelu_gate)
+                grad_w2.addmm_(grad.t(), saved_product if ctx.kept else value * gelu_gate)
             if not (need_normed or need_w1 or need_b1):
                 continue
             grad_product = grad @ w2  # [n, hidden]
-            grad_h = torch.cat([grad_product * gelu_gate, torch.ops.aten.gelu_backward(grad_product * value, gate)], dim=-1)
+            grad_h = h.new_empty(grad_product.shape[0], 2 * hidden)  # ∂[a, g], written in place (no concat)
+            torch.mul(grad_product, gelu_gate, out=grad_h[:, :hidden])
+            torch.ops.aten.gelu_backward.grad_input(grad_product.mul_(value), gate, grad_input=grad_h[:, hidden:])
             if need_w1:
                 normed = (rows[chunk] - mean[chunk]) * rstd[chunk] * ln_weight + ln_bias  # recomputed LN(x)
                 grad_w1.addmm_(grad_h.t(), normed)

@@ -292,11 +292,11 @@ def _write_resumable(run: Path, *, model, discriminator, train_config, label_set
     """``train_config.json`` + a step-0 ``checkpoint/`` in the layout `attnsynth.sis.trainer.train` resumes from."""
     import copy
 
-    from attnsynth.sis.trainer import CHECKPOINT_DIR, TRAIN_CONFIG_FILE
+    from attnsynth.sis.trainer import CHECKPOINT_DIR, TRAIN_CONFIG_FILE, adam
     from attnsynth.utils.io import atomic_write_json
 
-    opt_g = torch.optim.Adam(model.parameters(), lr=train_config.lr_g, betas=train_config.betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=train_config.lr_d, betas=train_config.betas)
+    opt_g = adam(model.parameters(), lr=train_config.lr_g, betas=train_config.betas)
+    opt_d = adam(discriminator.parameters(), lr=train_config.lr_d, betas=train_config.betas)
     ema = copy.deepcopy(model).requires_grad_(False)
     save_training_state(run / CHECKPOINT_DIR, modules={"generator": model, "discriminator": discriminator, "ema": ema},
                         optimizers={"generator": opt_g, "discriminator": opt_d},

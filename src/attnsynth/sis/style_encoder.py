@@ -25,13 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnsynth.sis.generator import map_images, per_image_inference
+from attnsynth.sis.group_norm import GroupNorm
 
 
 def _conv_block(in_ch: int, out_ch: int, groups: int, *, stride: int = 1) -> nn.Sequential:
     """Grouped conv3×3 → GroupNorm(one group per class) → ReLU."""
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, groups=groups),
-        nn.GroupNorm(groups, out_ch),
+        GroupNorm(groups, out_ch),
         nn.ReLU(inplace=True),
     )
 
@@ -45,7 +46,7 @@ class StyleEncoder(nn.Module):
             raise ValueError(f"levels={levels} must be <= downsamples - 1 = {downsamples - 1}")
         c = num_classes
         self.num_classes, self.levels, self.level_dim = c, levels, level_dim
-        self.stem = nn.Sequential(nn.Conv2d(3, width * c, 3, padding=1), nn.GroupNorm(c, width * c), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(nn.Conv2d(3, width * c, 3, padding=1), GroupNorm(c, width * c), nn.ReLU(inplace=True))
         # per-class widths after each downsampling: width·2, width·4, …, width·2^downsamples
         widths = [width * 2 ** (i + 1) for i in range(downsamples)]
         self.down = nn.ModuleList(

@@ -76,10 +76,19 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
     """ema ← d·ema + (1 − d)·model with d = min(decay, (1 + step)/(10 + step)) (warm-up); buffers copied."""
     d = min(decay, (1 + step) / (10 + step))
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().to(e.dtype), 1.0 - d)
+    targets = list(ema.parameters())
+    sources = [p.detach().to(e.dtype) for e, p in zip(targets, model.parameters())]
+    if targets:
+        torch._foreach_lerp_(targets, sources, 1.0 - d)  # one multi-tensor kernel (same values as a lerp_ per tensor)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
+
+
+def adam(params, *, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+    """Adam with the multi-tensor (foreach) kernels, which PyTorch only picks by itself for CUDA tensors: bit-identical
+    updates, 1.4× faster on a CPU (`small` generator, one thread: 3.7 vs 5.1 ms). (The fused kernel was 5× faster but
+    a resumed run no longer retraced an uninterrupted one exactly, so it is not used.)"""
+    return torch.optim.Adam(params, lr=lr, betas=tuple(float(b) for b in betas), foreach=True)
 
 
 def split_outputs(outputs: list[list[torch.Tensor]], n: int) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
@@ -332,8 +341,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False, 
     generator = build_model(model_config).to(memory_format=torch.channels_last)
     discriminator = build_discriminator(model_config).to(memory_format=torch.channels_last)
     ema = copy.deepcopy(generator).requires_grad_(False).eval()
-    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=config.betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=config.betas)
+    opt_g = adam(generator.parameters(), lr=config.lr_g, betas=config.betas)
+    opt_d = adam(discriminator.parameters(), lr=config.lr_d, betas=config.betas)
     start_step = 0
     if load:
         state = load_training_state(out / CHECKPOINT_DIR, modules={"generator": generator, "discriminator": discriminator, "ema": ema},
@@ -465,8 +474,8 @@ def train_mapping(config: MappingTrainConfig, *, resume: bool = False, progress:
     mapping = MappingNetwork(generator.config)
     with readable_weights(run / "discriminator.safetensors"):
         discriminator = load_safetensors(build_discriminator(generator.config), run / "discriminator.safetensors")
-    opt_m = torch.optim.Adam(mapping.parameters(), lr=config.lr, betas=config.betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.lr_d, betas=config.betas)
+    opt_m = adam(mapping.parameters(), lr=config.lr, betas=config.betas)
+    opt_d = adam(discriminator.parameters(), lr=config.lr_d, betas=config.betas)
     start_step = 0
     if resume:
         state = load_training_state(run / MAPPING_CHECKPOINT_DIR, modules={"mapping": mapping, "discriminator": discriminator},
