@@ -254,6 +254,12 @@ def test_resume_with_nothing_to_resume_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "empty").exists()
 
 
+def test_mapping_stage_needs_gan_steps_unless_it_fits_tokens():
+    with pytest.raises(ValueError, match=r"MappingTrainConfig.steps=0 is invalid"):
+        MappingTrainConfig(run="x", steps=0)
+    assert MappingTrainConfig(run="x", steps=0, token_steps=10).steps == 0
+
+
 def test_mapping_resume_with_nothing_to_resume_is_a_one_line_error(straight_run):
     with pytest.raises(FileNotFoundError, match=r"mapping_checkpoint/state\.json does not exist, nothing to resume"):
         train_mapping(MappingTrainConfig(run=str(straight_run), steps=1, batch_size=2), resume=True)
@@ -282,3 +288,85 @@ def test_damaged_checkpoint_files_are_one_line_errors_naming_the_file(straight_r
     spoil(run / "checkpoint" / "optim_discriminator.safetensors")
     with pytest.raises(ValueError, match=r"optim_discriminator\.safetensors is damaged"):
         train(_config(run, steps=8), resume=True)
+
+
+def test_the_g_step_splits_d_fake_and_real_without_changing_outputs_or_the_power_iteration():
+    """D(fake), D(real) inside `parametrize.cached` = the authors' D(fake ⊕ real): same outputs, one power-iteration step."""
+    import copy
+
+    from torch.nn.utils import parametrize
+
+    from attnsynth.sis.configs import get_config
+    from attnsynth.sis.model import build_discriminator, labels_to_onehot
+    from attnsynth.sis.trainer import split_outputs
+
+    torch.manual_seed(0)
+    batched = build_discriminator(get_config("small", num_classes=19, resolution=(32, 32))).train()
+    split = copy.deepcopy(batched)
+    fake, real = torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)
+    onehot = labels_to_onehot(torch.randint(0, 19, (2, 32, 32)), 19)
+    expected_fake, expected_real = split_outputs(batched(torch.cat([fake, real]), torch.cat([onehot, onehot])), 2)
+    with parametrize.cached():
+        got_fake = split(fake, onehot)
+        got_real = split(real, onehot)
+    for got, expected in ((got_fake, expected_fake), (got_real, expected_real)):
+        for a, b in zip(sum(got, []), sum(expected, [])):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    buffers = dict(batched.named_buffers())
+    assert any("_u" in k for k in buffers)
+    for name, value in split.named_buffers():  # u, v advanced once, as by the single batched call
+        torch.testing.assert_close(value, buffers[name], atol=0, rtol=0)
+
+
+def test_sliced_wasserstein_is_zero_for_the_same_set_and_grows_with_a_shift():
+    from attnsynth.sis.losses import sliced_wasserstein
+
+    torch.manual_seed(0)
+    a = torch.randn(64, 10)
+    g = torch.Generator().manual_seed(1)
+    assert float(sliced_wasserstein(a, a[torch.randperm(64)], generator=g)) < 1e-12  # order of the samples does not matter
+    near = float(sliced_wasserstein(a, a + 0.1, generator=torch.Generator().manual_seed(1)))
+    far = float(sliced_wasserstein(a, a + 1.0, generator=torch.Generator().manual_seed(1)))
+    assert 0 < near < far
+    with pytest.raises(ValueError, match="same shape"):
+        sliced_wasserstein(a, a[:10])
+
+
+@pytest.mark.parametrize("mode", ["term", "warm-start"])
+def test_mapping_token_term_pulls_mapped_tokens_towards_real_ones(straight_run, tmp_path, mode):
+    """The opt-in token term (beside the GAN) and the token-only warm start both lower SW₂² to the real tokens
+    (without them the GAN stage alone drives this tiny model's tokens far off: SW₂² ≈ 3e3)."""
+    import shutil
+
+    from attnsynth.data import load_dataset
+    from attnsynth.sis.losses import sliced_wasserstein
+    from attnsynth.sis.mapping import MappingNetwork
+    from attnsynth.sis.model import SISModel, load_safetensors
+    from attnsynth.sis.trainer import _real_token_bank
+
+    run = tmp_path / "run"
+    shutil.copytree(straight_run, run)
+    if mode == "term":
+        config = MappingTrainConfig(run=str(run), data=None, steps=40, batch_size=2, toy_n=5, log_every=1, lr=3e-3, lambda_att=0.0,
+                                    lambda_token=50.0, token_bank=5, token_batch=16, checkpoint_every=0)
+    else:  # the token fit alone (no GAN step)
+        config = MappingTrainConfig(run=str(run), data=None, steps=0, batch_size=2, toy_n=5, log_every=1, token_steps=200,
+                                    token_bank=5, token_batch=16, checkpoint_every=0)
+    train_mapping(config)
+    records = read_log(run / "mapping_log.jsonl")
+    assert ("loss/M/token" in records[-1]) if mode == "term" else not records
+    model = SISModel.from_pretrained(run).eval()
+    dataset = load_dataset("toy-faces", split="train", resolution=(32, 32), augment=False, toy_n=5, seed=3)
+    tokens, present = _real_token_bank(model, dataset, 5, torch.device("cpu"))
+    real = (tokens * present.unsqueeze(-1)).flatten(1)
+
+    def distance(mapping):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            mapped = mapping(torch.randn(5, model.config.mapping_latent_dim), present).flatten(1)
+        return float(sliced_wasserstein(mapped, real, projections=512, generator=torch.Generator().manual_seed(0)))
+
+    torch.manual_seed(config.seed)
+    untrained = MappingNetwork(model.config)  # the stage's initial weights
+    trained = load_safetensors(MappingNetwork(model.config), run / "mapping.safetensors")
+    assert distance(trained) < 0.5 * distance(untrained), (distance(trained), distance(untrained))

@@ -112,6 +112,10 @@ def train_mapping_command(
     lr: float = typer.Option(1e-4, "--lr", help="Mapping network learning rate."),
     lr_d: float = typer.Option(4e-4, "--lr-d", help="Discriminator learning rate."),
     lambda_div: float = typer.Option(0.0, "--lambda-div", help="Weight of the diversity term (0: off)."),
+    lambda_token: float = typer.Option(0.0, "--lambda-token", help="Opt-in, not the authors': weight of a sliced-Wasserstein "
+                                       "match of the mapped tokens to real faces' style tokens (0: off)."),
+    token_steps: int = typer.Option(0, "--token-steps", help="Opt-in, not the authors': token-only steps (the sliced-Wasserstein "
+                                    "match alone, no generator: fast) before the GAN steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/mapping_checkpoint."),
     mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16 (GPU)."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
@@ -122,7 +126,7 @@ def train_mapping_command(
     from attnsynth.sis.trainer import train_mapping
 
     cfg = MappingTrainConfig(run=str(checkpoint), data=data, steps=steps, batch_size=batch_size, lr=lr, lr_d=lr_d,
-                             lambda_div=lambda_div, mixed_precision=mixed_precision, seed=seed, toy_n=toy_n)
+                             lambda_div=lambda_div, lambda_token=lambda_token, token_steps=token_steps, mixed_precision=mixed_precision, seed=seed, toy_n=toy_n)
     train_mapping(cfg, resume=resume, progress=True)
 
 

@@ -85,6 +85,18 @@ def attention_loss(logits: Sequence[torch.Tensor], onehot: torch.Tensor) -> torc
     return torch.stack(losses).mean()
 
 
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, *, projections: int = 128, generator: torch.Generator | None = None) -> torch.Tensor:
+    """SW₂² between two equal-size sample sets [N, D]: mean over random unit directions θ of mean (sort(aθ) − sort(bθ))².
+
+    Used by the opt-in token term of the mapping stage (mapped tokens vs real style tokens, flattened per face).
+    """
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"sliced_wasserstein needs two [N, D] sets of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    theta = torch.randn(a.shape[1], projections, generator=generator, device=a.device, dtype=a.dtype)
+    theta = theta / theta.norm(dim=0, keepdim=True)
+    return ((a @ theta).sort(dim=0).values - (b @ theta).sort(dim=0).values).square().mean()
+
+
 # ---- VGG19 perceptual loss --------------------------------------------------------------------------
 _VGG19_CONVS = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512)  # up to conv5_1
 _TAPS = (1, 6, 11, 20, 29)  # indices of relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 in torchvision's vgg19.features

@@ -115,13 +115,18 @@ class MappingTrainConfig:
 
     run: str  # a finished `sis train` run (final model + discriminator.safetensors)
     data: str | None = None  # masks and real images for the discriminator; None = the run's dataset
-    steps: int = 1000
+    steps: int = 1000  # GAN steps (0 allowed with token_steps: the token fit alone)
     batch_size: int = 8  # per process
     lr: float = 1e-4  # mapping network (StarGAN-v2 uses 1e-6 for mapping, 1e-4 for G; G is frozen here)
     lr_d: float = 4e-4
     betas: tuple[float, float] = (0.0, 0.9)
     lambda_att: float = 1.0  # attention loss on the generated image's attention
     lambda_div: float = 0.0  # diversity term −|G(z1) − G(z2)|₁ (0 = off)
+    lambda_token: float = 0.0  # opt-in (not the authors'): sliced-Wasserstein match of mapped tokens to real style tokens (0 = off)
+    token_bank: int = 512  # real training faces whose style tokens the token term matches
+    token_batch: int = 64  # mapped / real token sets per step of the token term
+    token_steps: int = 0  # opt-in: token-only steps (SW₂² alone, no generator) before the GAN steps, from step 0
+    token_lr: float = 1e-3  # learning rate of those token-only steps
     mixed_precision: str = "no"
     log_every: int = 10
     checkpoint_every: int = 500
@@ -135,11 +140,15 @@ class MappingTrainConfig:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if self.toy_n is not None:
             _positive(owner, "toy_n", self.toy_n)
-        for name in ("steps", "batch_size", "log_every"):
+        for name in ("batch_size", "log_every"):
             _positive(owner, name, getattr(self, name))
+        _positive(owner, "token_steps", self.token_steps, zero_ok=True)
+        _positive(owner, "steps", self.steps, zero_ok=self.token_steps > 0)  # 0 GAN steps: the token fit alone
         for name in ("checkpoint_every", "num_workers", "seed"):
             _positive(owner, name, getattr(self, name), zero_ok=True)
-        for name in ("lr", "lr_d", "lambda_att", "lambda_div"):
+        for name in ("token_bank", "token_batch"):
+            _positive(owner, name, getattr(self, name))
+        for name in ("lr", "lr_d", "lambda_att", "lambda_div", "lambda_token", "token_lr"):
             _non_negative_float(owner, name, getattr(self, name))
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"{owner}.mixed_precision={self.mixed_precision!r} is invalid: expected one of {', '.join(PRECISIONS)}")

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from torch.nn.utils import parametrize
 
 from attnsynth.data import PairDataset, load_dataset
 from attnsynth.data.sampler import StepBatchSampler, mix_seed
@@ -259,11 +260,18 @@ class _GANStep:
         cfg, acc = self.config, self.accelerator
         n = image.shape[0]
         both_masks = torch.cat([onehot, onehot])
-        # 1. generator update; D is frozen and called without its DDP wrapper
+        # 1. generator update; D is frozen and called without its DDP wrapper. D(fake ⊕ real) is one batch in the
+        #    authors' code; here the two halves are two calls with the same spectrally normalised weights (one power
+        #    iteration, `parametrize.cached`) — D is per-image, so the outputs are the same — and the real half runs
+        #    without autograd: its features are FM targets only, so the backward through D now covers the fake half
+        #    alone instead of the whole doubled batch.
         self.plain_discriminator.requires_grad_(False)
         with acc.autocast():
             fake, logits = self.generator(image, onehot, return_attention=True)
-            fake_out, real_out = split_outputs(self.plain_discriminator(torch.cat([fake, image]), both_masks), n)
+            with parametrize.cached():
+                fake_out = self.plain_discriminator(fake, onehot)
+                with torch.no_grad():
+                    real_out = self.plain_discriminator(image, onehot)
             stats = {"loss/G/gan": hinge_g_loss(fake_out), "loss/G/fm": feature_matching_loss(fake_out, real_out)}
             total = stats["loss/G/gan"] + cfg.lambda_fm * stats["loss/G/fm"]
             if self.vgg is not None:
@@ -441,14 +449,53 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False, 
 
 
 # ---- the mapping (random style) stage -----------------------------------------------------------
+@torch.no_grad()
+def _real_token_bank(model, dataset, count: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Style tokens [N, C, D] and presence [N, C] of the first ``count`` training faces (frozen encoder, batches of 16)."""
+    from attnsynth.sis.model import labels_to_onehot, present_classes
+
+    tokens, present = [], []
+    indices = list(range(min(count, len(dataset))))
+    for start in range(0, len(indices), 16):
+        items = [dataset[i] for i in indices[start:start + 16]]
+        image = torch.stack([item["image"] for item in items]).to(device)
+        onehot = labels_to_onehot(torch.stack([item["labels"] for item in items]).to(device), dataset.num_classes)
+        tokens.append(model.encode_style(image, onehot).float())
+        present.append(present_classes(onehot))
+    return torch.cat(tokens), torch.cat(present)
+
+
+def _fit_tokens(mapping, bank_tokens: torch.Tensor, bank_present: torch.Tensor, config: MappingTrainConfig, device) -> float:
+    """``config.token_steps`` steps of SW₂²(M(z, present), real tokens) alone (no generator, so ~100× cheaper than a GAN
+    step); returns the last loss. Deterministic for ``config.seed``."""
+    from attnsynth.sis.losses import sliced_wasserstein
+
+    optimizer = adam(mapping.parameters(), lr=config.token_lr, betas=config.betas)
+    real_all = bank_tokens * bank_present.unsqueeze(-1).to(bank_tokens.dtype)
+    loss = torch.zeros(())
+    for step in range(config.token_steps):
+        torch.manual_seed(mix_seed(config.seed, 0x70CE, step, 0))
+        pick = torch.randint(0, bank_tokens.shape[0], (config.token_batch,), device=device)
+        mapped = mapping(torch.randn(config.token_batch, mapping.config.mapping_latent_dim, device=device), bank_present[pick])
+        loss = sliced_wasserstein(mapped.flatten(1).float(), real_all[pick].flatten(1).float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach())
+
+
 def train_mapping(config: MappingTrainConfig, *, resume: bool = False, progress: bool = False) -> TrainResult:
     """Train the mapping network z → style tokens with the run's EMA generator frozen.
 
     Losses: G side hinge + λ_att·L_att − λ_div·|G(z₁) − G(z₂)|₁ (on the mapping network), D side
-    hinge (the discriminator continues from the run's final one). Writes ``RUN/mapping.safetensors``,
-    ``RUN/mapping_log.jsonl`` and a resumable ``RUN/mapping_checkpoint/``.
+    hinge (the discriminator continues from the run's final one) — the authors' stage. Opt-in
+    ``lambda_token`` adds λ_token·SW₂²(M(z, present), s(x)): the mapped tokens of ``token_batch`` faces
+    against the style encoder's tokens of the same faces (present classes only, flattened per face),
+    drawn from a bank of ``token_bank`` training faces encoded once — a direct pull towards the tokens
+    the frozen generator was trained on, which the image GAN alone reaches slowly. Writes
+    ``RUN/mapping.safetensors``, ``RUN/mapping_log.jsonl`` and a resumable ``RUN/mapping_checkpoint/``.
     """
-    from attnsynth.sis.losses import attention_loss, hinge_d_loss, hinge_g_loss
+    from attnsynth.sis.losses import attention_loss, hinge_d_loss, hinge_g_loss, sliced_wasserstein
     from attnsynth.sis.mapping import MappingNetwork
     from attnsynth.sis.model import SISModel, build_discriminator, labels_to_onehot, load_safetensors, present_classes, save_safetensors
 
@@ -499,6 +546,11 @@ def train_mapping(config: MappingTrainConfig, *, resume: bool = False, progress:
                      accelerator=accelerator, num_workers=config.num_workers)
     bar = _progress(progress and accelerator.is_main_process, config.steps, start_step, "sis mapping")
     latent = generator.config.mapping_latent_dim
+    bank_tokens = bank_present = None
+    if config.lambda_token or config.token_steps:
+        bank_tokens, bank_present = _real_token_bank(generator, dataset, config.token_bank, accelerator.device)
+    if config.token_steps and start_step == 0:  # token-only warm start (a resumed stage has done it already)
+        _fit_tokens(accelerator.unwrap_model(mapping), bank_tokens, bank_present, config, accelerator.device)
     last: dict[str, Any] = {}
     final_step = start_step
     try:
@@ -524,6 +576,12 @@ def train_mapping(config: MappingTrainConfig, *, resume: bool = False, progress:
                 if config.lambda_div:
                     stats["loss/M/diversity"] = (fake[:n] - fake[n:]).abs().mean()
                     total = total - config.lambda_div * stats["loss/M/diversity"]
+                if config.lambda_token:
+                    pick = torch.randint(0, bank_tokens.shape[0], (config.token_batch,), device=accelerator.device)
+                    mapped = mapping(torch.randn(config.token_batch, latent, device=accelerator.device), bank_present[pick])
+                    real = bank_tokens[pick] * bank_present[pick].unsqueeze(-1).to(bank_tokens.dtype)  # absent classes: 0 on both sides
+                    stats["loss/M/token"] = sliced_wasserstein(mapped.flatten(1).float(), real.flatten(1).float())
+                    total = total + config.lambda_token * stats["loss/M/token"]
             stats["loss/M/total"] = total
             opt_m.zero_grad(set_to_none=True)
             accelerator.backward(total)
