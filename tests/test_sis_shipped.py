@@ -65,11 +65,12 @@ def test_shipped_ca2sis_model_depends_on_its_input():
     assert other_error.mean() - own_error.mean() >= STYLE_MARGIN, (own_error.mean(), other_error.mean())
 
 
-@pytest.mark.xfail(strict=True, reason="goal not met at the CPU budget of the shipped model (benchmarks/RESULTS.md, CA²-SIS vs SPADE "
-                   "2026-12-01): some faces are reconstructed closer to another face; passes once a better model ships")
 def test_shipped_ca2sis_model_reconstructs_every_face_closest_to_its_own_source():
+    """The issue's criterion, per face: ≥ 1 dB closer to its own source than to any other face, and an oracle style error
+    against its own record at least 0.05 below its mean error against the other faces' records."""
     psnr_margin, own_error, other_error = _own_vs_others(CA2SIS)
-    assert psnr_margin.min() >= PSNR_MARGIN_DB and bool((own_error <= other_error - STYLE_MARGIN).all())
+    assert psnr_margin.min() >= PSNR_MARGIN_DB, psnr_margin
+    assert bool((own_error <= other_error - STYLE_MARGIN).all()), (own_error, other_error)
 
 
 def test_shipped_ca2sis_transfer_moves_the_chosen_class_only():

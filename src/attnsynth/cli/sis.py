@@ -107,7 +107,7 @@ def train_command(
 def train_mapping_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A finished `sis train` run directory."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset (default: the run's)."),
-    steps: int = typer.Option(1000, "--steps", help="Total steps."),
+    steps: int = typer.Option(1000, "--steps", help="GAN steps (0 with --token-steps: the token fit alone)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Batch per process."),
     lr: float = typer.Option(1e-4, "--lr", help="Mapping network learning rate."),
     lr_d: float = typer.Option(4e-4, "--lr-d", help="Discriminator learning rate."),
@@ -116,6 +116,8 @@ def train_mapping_command(
                                        "match of the mapped tokens to real faces' style tokens (0: off)."),
     token_steps: int = typer.Option(0, "--token-steps", help="Opt-in, not the authors': token-only steps (the sliced-Wasserstein "
                                     "match alone, no generator: fast) before the GAN steps."),
+    token_bank: int = typer.Option(512, "--token-bank", help="Training faces whose style tokens the token match uses."),
+    token_batch: int = typer.Option(64, "--token-batch", help="Mapped / real token sets per token-match step."),
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/mapping_checkpoint."),
     mixed_precision: str = typer.Option("no", "--mixed-precision", help="no, fp16 or bf16 (GPU)."),
     seed: int = typer.Option(0, "--seed", help="Seed."),
@@ -126,7 +128,7 @@ def train_mapping_command(
     from attnsynth.sis.trainer import train_mapping
 
     cfg = MappingTrainConfig(run=str(checkpoint), data=data, steps=steps, batch_size=batch_size, lr=lr, lr_d=lr_d,
-                             lambda_div=lambda_div, lambda_token=lambda_token, token_steps=token_steps, mixed_precision=mixed_precision, seed=seed, toy_n=toy_n)
+                             lambda_div=lambda_div, lambda_token=lambda_token, token_steps=token_steps, token_bank=token_bank, token_batch=token_batch, mixed_precision=mixed_precision, seed=seed, toy_n=toy_n)
     train_mapping(cfg, resume=resume, progress=True)
 
 
