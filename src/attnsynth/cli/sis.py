@@ -128,7 +128,8 @@ def train_mapping_command(
     from attnsynth.sis.trainer import train_mapping
 
     cfg = MappingTrainConfig(run=str(checkpoint), data=data, steps=steps, batch_size=batch_size, lr=lr, lr_d=lr_d,
-                             lambda_div=lambda_div, lambda_token=lambda_token, token_steps=token_steps, token_bank=token_bank, token_batch=token_batch, mixed_precision=mixed_precision, seed=seed, toy_n=toy_n)
+                             lambda_div=lambda_div, lambda_token=lambda_token, token_steps=token_steps, token_bank=token_bank,
+                             token_batch=token_batch, mixed_precision=mixed_precision, seed=seed, toy_n=toy_n)
     train_mapping(cfg, resume=resume, progress=True)
 
 

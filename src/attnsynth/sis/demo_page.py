@@ -185,13 +185,13 @@ def _mask_noise(out_dir: Path, models: list[_Model]) -> str:
                  for level in NOISE_LEVELS]
         return source, image, masks
 
-    source, _, masks = corrupted(models[0])
+    inputs = [corrupted(m) for m in models]
+    source, _, masks = inputs[0]
     cells = [figure(out_dir, "noise_source.png", source.image, "clean source", scale=2)]
     cells += [figure(out_dir, f"noise_mask_{level:g}.png", colorize_labels(mask[0], faces.NUM_CLASSES), f"mask, {level:.0%} noise", scale=2)
               for level, mask in zip(NOISE_LEVELS, masks)]
     rows = ["<div>" + "".join(cells) + "</div>"]
-    for m in models:
-        _, image, masks = corrupted(m)
+    for m, (_, image, masks) in zip(models, inputs):
         tag = m.name.lower().replace("²", "2").replace("-", "")
         cells = [f'<figure><div style="width:{2 * m.resolution}px;height:{2 * m.resolution}px;display:flex;align-items:center;'
                  f'justify-content:center"><b>{m.name}</b></div><figcaption>&nbsp;</figcaption></figure>']

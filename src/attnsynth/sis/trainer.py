@@ -451,7 +451,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False, 
 # ---- the mapping (random style) stage -----------------------------------------------------------
 @torch.no_grad()
 def _real_token_bank(model, dataset, count: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Style tokens [N, C, D] and presence [N, C] of the first ``count`` training faces (frozen encoder, batches of 16)."""
+    """Style tokens [N, C, D] (absent classes 0, as the mapping network writes them) and presence [N, C] of the first
+    ``count`` training faces (frozen encoder, batches of 16)."""
     from attnsynth.sis.model import labels_to_onehot, present_classes
 
     tokens, present = [], []
@@ -460,28 +461,31 @@ def _real_token_bank(model, dataset, count: int, device) -> tuple[torch.Tensor, 
         items = [dataset[i] for i in indices[start:start + 16]]
         image = torch.stack([item["image"] for item in items]).to(device)
         onehot = labels_to_onehot(torch.stack([item["labels"] for item in items]).to(device), dataset.num_classes)
-        tokens.append(model.encode_style(image, onehot).float())
-        present.append(present_classes(onehot))
+        is_present = present_classes(onehot)
+        tokens.append(model.encode_style(image, onehot).float() * is_present.unsqueeze(-1))
+        present.append(is_present)
     return torch.cat(tokens), torch.cat(present)
 
 
-def _fit_tokens(mapping, bank_tokens: torch.Tensor, bank_present: torch.Tensor, config: MappingTrainConfig, device) -> float:
-    """``config.token_steps`` steps of SW₂²(M(z, present), real tokens) alone (no generator, so ~100× cheaper than a GAN
-    step); returns the last loss. Deterministic for ``config.seed``."""
+def _token_match(mapping, bank_tokens: torch.Tensor, bank_present: torch.Tensor, batch: int, latent_dim: int) -> torch.Tensor:
+    """SW₂² between the mapped tokens of ``batch`` bank faces (their presence, fresh z) and those faces' real tokens."""
     from attnsynth.sis.losses import sliced_wasserstein
 
+    pick = torch.randint(0, bank_tokens.shape[0], (batch,), device=bank_tokens.device)
+    mapped = mapping(torch.randn(batch, latent_dim, device=bank_tokens.device), bank_present[pick])
+    return sliced_wasserstein(mapped.flatten(1).float(), bank_tokens[pick].flatten(1))
+
+
+def _fit_tokens(mapping, bank_tokens: torch.Tensor, bank_present: torch.Tensor, config: MappingTrainConfig) -> None:
+    """``config.token_steps`` steps of `_token_match` alone (no generator, so ~100× cheaper than a GAN step);
+    deterministic for ``config.seed``."""
     optimizer = adam(mapping.parameters(), lr=config.token_lr, betas=config.betas)
-    real_all = bank_tokens * bank_present.unsqueeze(-1).to(bank_tokens.dtype)
-    loss = torch.zeros(())
     for step in range(config.token_steps):
         torch.manual_seed(mix_seed(config.seed, 0x70CE, step, 0))
-        pick = torch.randint(0, bank_tokens.shape[0], (config.token_batch,), device=device)
-        mapped = mapping(torch.randn(config.token_batch, mapping.config.mapping_latent_dim, device=device), bank_present[pick])
-        loss = sliced_wasserstein(mapped.flatten(1).float(), real_all[pick].flatten(1).float())
+        loss = _token_match(mapping, bank_tokens, bank_present, config.token_batch, mapping.config.mapping_latent_dim)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return float(loss.detach())
 
 
 def train_mapping(config: MappingTrainConfig, *, resume: bool = False, progress: bool = False) -> TrainResult:
@@ -495,7 +499,7 @@ def train_mapping(config: MappingTrainConfig, *, resume: bool = False, progress:
     the frozen generator was trained on, which the image GAN alone reaches slowly. Writes
     ``RUN/mapping.safetensors``, ``RUN/mapping_log.jsonl`` and a resumable ``RUN/mapping_checkpoint/``.
     """
-    from attnsynth.sis.losses import attention_loss, hinge_d_loss, hinge_g_loss, sliced_wasserstein
+    from attnsynth.sis.losses import attention_loss, hinge_d_loss, hinge_g_loss
     from attnsynth.sis.mapping import MappingNetwork
     from attnsynth.sis.model import SISModel, build_discriminator, labels_to_onehot, load_safetensors, present_classes, save_safetensors
 
@@ -550,7 +554,7 @@ def train_mapping(config: MappingTrainConfig, *, resume: bool = False, progress:
     if config.lambda_token or config.token_steps:
         bank_tokens, bank_present = _real_token_bank(generator, dataset, config.token_bank, accelerator.device)
     if config.token_steps and start_step == 0:  # token-only warm start (a resumed stage has done it already)
-        _fit_tokens(accelerator.unwrap_model(mapping), bank_tokens, bank_present, config, accelerator.device)
+        _fit_tokens(accelerator.unwrap_model(mapping), bank_tokens, bank_present, config)
     last: dict[str, Any] = {}
     final_step = start_step
     try:
@@ -577,10 +581,7 @@ def train_mapping(config: MappingTrainConfig, *, resume: bool = False, progress:
                     stats["loss/M/diversity"] = (fake[:n] - fake[n:]).abs().mean()
                     total = total - config.lambda_div * stats["loss/M/diversity"]
                 if config.lambda_token:
-                    pick = torch.randint(0, bank_tokens.shape[0], (config.token_batch,), device=accelerator.device)
-                    mapped = mapping(torch.randn(config.token_batch, latent, device=accelerator.device), bank_present[pick])
-                    real = bank_tokens[pick] * bank_present[pick].unsqueeze(-1).to(bank_tokens.dtype)  # absent classes: 0 on both sides
-                    stats["loss/M/token"] = sliced_wasserstein(mapped.flatten(1).float(), real.flatten(1).float())
+                    stats["loss/M/token"] = _token_match(mapping, bank_tokens, bank_present, config.token_batch, latent)
                     total = total + config.lambda_token * stats["loss/M/token"]
             stats["loss/M/total"] = total
             opt_m.zero_grad(set_to_none=True)
